@@ -1,0 +1,9 @@
+"""Empirical and infinite-width kernels (NTK, NNGP, hierarchy kernels)."""
+
+from nthexp.kernels._infinite import (
+    DEFAULT_QUADRATURE_NODES,
+    infinite_nngp,
+    infinite_ntk,
+)
+
+__all__ = ["DEFAULT_QUADRATURE_NODES", "infinite_nngp", "infinite_ntk"]

@@ -1,0 +1,1 @@
+"""nthexp.report"""
