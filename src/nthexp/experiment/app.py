@@ -1,0 +1,147 @@
+"""The ``nthexp`` console script: a Hydra app whose job is one sweep point.
+
+    nthexp                                          # one point, the defaults in conf/
+    nthexp -m model.width=64,256 model.depth=1,2 seed=0,1
+    nthexp -m experiment=quickstart
+    nthexp -m experiment=quickstart hydra.sweep.dir=multirun/<old>   # resume
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from nthexp.experiment import _progress
+from nthexp.experiment._callback import fail
+from nthexp.experiment._conf import GROUPS, find_conf_dir, group_options, sweep_id
+from nthexp.experiment._task import (
+    RunMismatchError,
+    compute_point,
+    configure_jax,
+    existing_run_matches,
+    write_error,
+    write_point,
+)
+from nthexp.experiment._validate import validate
+
+log = logging.getLogger("nthexp.experiment")
+
+CONF_DIR = find_conf_dir()
+
+
+def run_point(cfg: DictConfig) -> dict | None:
+    """Compute one sweep point into its Hydra job dir; returns its metrics.
+
+    Returns None when the point was already complete (resume) or failed inside a
+    multirun (recorded in ``error.txt`` so that the sweep goes on and the report
+    lists it).
+    """
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    job_num = hc.job.num if multirun else 0
+
+    try:
+        validate(cfg)
+    except ValueError as exc:
+        fail(str(exc))
+
+    try:
+        complete = existing_run_matches(job_dir, cfg)
+    except RunMismatchError as exc:
+        fail(str(exc))
+    if complete:
+        log.info("skipping %s: metrics.json exists (complete point)", job_dir)
+        if _progress.CURRENT is not None:
+            _progress.CURRENT.point_done(job_num, None, "skipped (complete)")
+        return None
+
+    configure_jax(cfg)
+    started = datetime.now(UTC).isoformat()
+    tic = time.perf_counter()
+    try:
+        metrics, spectra = compute_point(cfg)
+    except Exception as exc:
+        write_error(job_dir, traceback.format_exc())
+        log.error("point %s failed: %s: %s", job_dir, type(exc).__name__, exc)
+        if _progress.CURRENT is not None:
+            _progress.CURRENT.point_done(job_num, None, "FAILED")
+        if multirun:
+            return None
+        fail(f"{type(exc).__name__}: {exc} (traceback in {job_dir / 'error.txt'})", 1)
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.logger.name == "wandb":
+        from nthexp.report import log_point
+
+        group = sweep_id(hc.sweep.dir) if multirun else None
+        name = f"{group}-{job_num}" if multirun else sweep_id(job_dir)
+        wandb_tic = time.perf_counter()
+        log_point(
+            mode=cfg.logger.mode,
+            project=cfg.logger.project,
+            run_dir=job_dir,
+            group=group,
+            name=name,
+            config=config,
+            metrics=metrics,
+            spectra=spectra if cfg.logger.log_spectra else None,
+            tags=[hc.job.override_dirname] if hc.job.override_dirname else None,
+        )
+        metrics["timing"]["wandb"] = time.perf_counter() - wandb_tic
+
+    metrics["timing"]["started_at"] = started
+    metrics["timing"]["finished_at"] = datetime.now(UTC).isoformat()
+    write_point(job_dir, cfg, metrics, spectra)
+
+    seconds = time.perf_counter() - tic
+    note = (
+        f"done in {seconds:.2f}s: rel_fro={metrics.get('rel_fro', float('nan')):.4g}"
+    )
+    if _progress.CURRENT is not None:
+        _progress.CURRENT.point_done(job_num, seconds, note)
+    else:
+        log.info("job %d %s -> %s", job_num, note, job_dir)
+    return metrics
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    run_point(cfg)
+
+
+def _check_group_overrides(argv: list[str]) -> None:
+    """Reject an unknown option of a config group (``model=foo``) in one line,
+    before Hydra composes anything (its own message comes with a traceback)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(args)
+    except HydraException as exc:
+        fail(f"overrides={args!r} is not allowed; {exc}".replace("\n", " "))
+    for ov in overrides:
+        group = ov.key_or_group
+        if group not in GROUPS or ov.is_delete():
+            continue
+        allowed = group_options(CONF_DIR, group)
+        values = list(ov.sweep_iterator()) if ov.is_sweep_override() else [ov.value()]
+        for value in values:
+            if str(value) not in allowed and not (group == "experiment" and value is None):
+                fail(f"{group}={value} is not allowed; must be one of {allowed}")
+
+
+def main() -> None:
+    """Console entry point (``nthexp``)."""
+    _check_group_overrides(sys.argv[1:])
+    _hydra_main()
