@@ -56,16 +56,20 @@ $(STAMP): requirements/lock.txt pyproject.toml
 
 # --- the main job ----------------------------------------------------------------
 
+# The quickstart preset, unless ARGS names another experiment (Hydra would let the last
+# one win anyway; leaving it out keeps the recorded command clean).
+EXPERIMENT := $(if $(filter experiment=%,$(ARGS)),,experiment=quickstart)
+
 run: $(STAMP)
-	WANDB_MODE="$${WANDB_MODE:-offline}" $(VENV)/bin/nthexp -m experiment=quickstart $(ARGS)
+	WANDB_MODE="$${WANDB_MODE:-offline}" $(VENV)/bin/nthexp -m $(EXPERIMENT) $(ARGS)
 
 # --- tests -----------------------------------------------------------------------
 
 # Serial on purpose: JAX already uses every core for one test, so workers only compete.
 # pytest's exit code 5 ("no tests collected") is turned into a failure, so that a
-# broken collection can never pass CI.
+# broken collection can never pass CI. --foreground lets Ctrl-C reach pytest.
 define run_pytest
-	@rc=0; timeout $(TEST_TIMEOUT) $(PY) -m pytest -m "$(1)" -q $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; timeout --foreground --kill-after=1m $(TEST_TIMEOUT) $(PY) -m pytest -m "$(1)" -q $(PYTEST_ARGS) || rc=$$?; \
 	case $$rc in \
 		0) ;; \
 		5) echo "make: pytest collected no tests (exit code 5); failing." >&2; rc=1 ;; \

@@ -17,10 +17,8 @@ os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 @pytest.fixture(scope="session", autouse=True)
 def _strict_jax():
     """float64 everywhere and rank promotion as an error, restored at the end."""
-    saved = {
-        name: jax.config.read(name)
-        for name in ("jax_enable_x64", "jax_numpy_rank_promotion")
-    }
+    names = ("jax_enable_x64", "jax_numpy_rank_promotion")
+    saved = {name: getattr(jax.config, name) for name in names}
     jax.config.update("jax_enable_x64", True)
     jax.config.update("jax_numpy_rank_promotion", "raise")
     yield

@@ -99,8 +99,14 @@ def test_digits_full_set():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(name="mnist", n=4), r"data\.name='mnist' .*'gaussian', 'torus', 'digits'"),
-        (dict(name="digits", n=1), r"^data\.n=1 is not allowed; must be an integer >= 2$"),
+        (
+            dict(name="mnist", n=4),
+            r"data\.name='mnist' .*'gaussian', 'torus', 'digits'",
+        ),
+        (
+            dict(name="digits", n=1),
+            r"^data\.n=1 is not allowed; must be an integer >= 2$",
+        ),
         (dict(name="digits", n=2.5), r"data\.n=2\.5 is not allowed"),
         (dict(name="digits", n=True), r"data\.n=True is not allowed"),
         (dict(name="digits", n=1798), r"data\.n=1798 .*data set has 1797 samples"),

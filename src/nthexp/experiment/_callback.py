@@ -30,7 +30,7 @@ def _task_config(config: DictConfig) -> DictConfig:
 
 
 def sweep_points(config: DictConfig) -> list[list[str]] | None:
-    """The override lists of all points of a basic-sweeper multirun (None if unknown)."""
+    """The override lists of the points of a basic-sweeper multirun, or None."""
     try:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -47,35 +47,57 @@ def sweep_points(config: DictConfig) -> list[list[str]] | None:
 
 
 def validate_points(config: DictConfig, points: list[list[str]]) -> None:
-    """Validate each point whose overrides are plain values (group changes are
-    validated by the job itself, once Hydra has composed them)."""
+    """Validate every point of a sweep before it starts.
+
+    Points that change a config group (``model=mlp,resnet``) are composed once per
+    distinct group choice; plain values are then set on a copy of that config.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from nthexp.experiment._conf import GROUPS
 
     parser = OverridesParser.create()
-    base = _task_config(config)
     choices = config.hydra.runtime.choices
+    bases: dict[tuple[str, ...], DictConfig | None] = {
+        (): _task_config(config),
+    }
     seen: set[tuple[str, ...]] = set()
     for job in points:
-        relevant = []
-        composable = True
+        groups, values = [], []
         for ov in parser.parse_overrides(job):
             key = ov.key_or_group
-            if key in GROUPS or key.startswith("hydra"):
-                if key in GROUPS and str(ov.value()) != str(choices.get(key)):
-                    composable = False
+            if key.startswith("hydra"):
                 continue
-            relevant.append((key, ov.value()))
-        signature = tuple(f"{k}={v!r}" for k, v in relevant)
-        if not composable or signature in seen:
+            if key in GROUPS:
+                if str(ov.value()) != str(choices.get(key)):
+                    groups.append(ov.input_line)
+                continue
+            values.append((key, ov.value()))
+        groups_key = tuple(groups)
+        signature = groups_key + tuple(f"{k}={v!r}" for k, v in values)
+        if signature in seen:
             continue
         seen.add(signature)
+        if groups_key not in bases:
+            bases[groups_key] = _compose(config, groups)
+        base = bases[groups_key]
+        if base is None:
+            continue  # validated by the job itself once Hydra has composed it
         cfg = base.copy()
         with open_dict(cfg):
-            for key, value in relevant:
+            for key, value in values:
                 OmegaConf.update(cfg, key, value, merge=True, force_add=True)
         validate(cfg)
+
+
+def _compose(config: DictConfig, group_overrides: list[str]) -> DictConfig | None:
+    try:
+        from hydra import compose
+
+        return compose(config.hydra.job.config_name, overrides=group_overrides)
+    except Exception as exc:  # noqa: BLE001 - the job validates itself then
+        log.debug("cannot compose %s up front: %s", group_overrides, exc)
+        return None
 
 
 class SweepCallback(Callback):

@@ -57,7 +57,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """Strict JSON (no NaN/Inf tokens), sorted keys, so identical dicts give equal bytes."""
+    """Strict JSON (no NaN/Inf), sorted keys: identical dicts give equal bytes."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
     write_text_atomic(path, text)
 

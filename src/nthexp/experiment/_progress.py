@@ -30,8 +30,15 @@ class Progress:
             left = max(self.total - self.done, 0)
             eta = f", ETA {_fmt(left * statistics.median(self.durations))}"
         elapsed = _fmt(time.perf_counter() - self.started)
-        log.info("[%d%s] job %d %s (elapsed %s%s)", self.done, of, job_num, note,
-                 elapsed, eta)
+        log.info(
+            "[%d%s] job %d %s (elapsed %s%s)",
+            self.done,
+            of,
+            job_num,
+            note,
+            elapsed,
+            eta,
+        )
 
 
 def _fmt(seconds: float) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 import nthexp as nx
@@ -36,6 +37,9 @@ from nthexp.experiment._validate import build_model
 
 log = logging.getLogger(__name__)
 
+# Config keys that only choose where results are sent, not what is computed.
+SINK_KEYS = ("logger",)
+
 _VERSIONED = ("jax", "jaxlib", "flax", "nthexp", "numpy")
 
 
@@ -47,6 +51,8 @@ def configure_jax(cfg: DictConfig) -> None:
     """Process-wide precision switches, set before any array of the point is made."""
     jax.config.update("jax_enable_x64", cfg.kernel.dtype == "float64")
     jax.config.update("jax_default_matmul_precision", cfg.kernel.matmul_precision)
+    # jax reports at INFO which accelerator backends it did not find; not news here.
+    logging.getLogger("jax").setLevel(logging.WARNING)
 
 
 @functools.cache
@@ -117,16 +123,28 @@ def _check_finite(name: str, k: np.ndarray, hint: str) -> None:
         )
 
 
+def _computed_part(config: dict) -> dict:
+    """The config without the sinks (``logger``): what determines the results."""
+    return {k: v for k, v in config.items() if k not in SINK_KEYS}
+
+
 def existing_run_matches(job_dir: Path, cfg: DictConfig) -> bool:
-    """True when ``job_dir`` holds a complete run of this very config."""
+    """True when ``job_dir`` holds a complete run of this config (sinks aside).
+
+    Raises :class:`RunMismatchError` when it holds a complete run of another config,
+    e.g. a sweep relaunched into an old dir with a different list of points.
+    """
     if not (job_dir / METRICS).is_file():
         return False
     stored = job_dir / RESOLVED_CONFIG
-    if stored.is_file() and stored.read_text() != resolved_yaml(cfg):
-        raise RunMismatchError(
-            f"{job_dir} already holds a complete run of a different config "
-            f"(compare {stored} with the overrides); launch into a new sweep dir"
-        )
+    if stored.is_file():
+        old = yaml.safe_load(stored.read_text())
+        new = OmegaConf.to_container(cfg, resolve=True)
+        if not isinstance(old, dict) or _computed_part(old) != _computed_part(new):
+            raise RunMismatchError(
+                f"job_dir={str(job_dir)!r} is not allowed; it already holds a complete "
+                f"run of a different config ({stored}); launch into a new sweep dir"
+            )
     return True
 
 
@@ -153,7 +171,9 @@ def compute_point(cfg: DictConfig) -> tuple[dict, dict[str, np.ndarray]]:
     k_emp = np.asarray(jax.block_until_ready(k_emp), dtype=np.float64)
     timing["ntk"] = time.perf_counter() - tic
     _check_finite(
-        "K_emp", k_emp, "the network output overflowed; lower model.w_std or model.depth"
+        "K_emp",
+        k_emp,
+        "the network output overflowed; lower model.w_std or model.depth",
     )
 
     tic = time.perf_counter()
@@ -179,7 +199,7 @@ def compute_point(cfg: DictConfig) -> tuple[dict, dict[str, np.ndarray]]:
         "n": int(x.shape[0]),
         "d_in": int(x.shape[1]),
         "dtype": dtype,
-        "matmul_precision": str(jax.config.read("jax_default_matmul_precision")),
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
         **provenance(),
         "timing": timing,
     }

@@ -43,7 +43,7 @@ def _check_choice(field: str, value, allowed) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` (or the library's one-line ``ValueError``) on bad input.
+    """Raise :class:`ConfigError` (or the library's one-line ``ValueError``).
 
     Cheap: it builds the model (no parameters) and checks the data arguments, but
     computes nothing.
@@ -73,7 +73,9 @@ def validate(cfg: DictConfig) -> None:
     _check_choice("kernel.matmul_precision", k.matmul_precision, MATMUL_PRECISIONS)
     _check_int("kernel.order", k.order, 2)
     if k.order != 2:
-        raise ConfigError("kernel.order", k.order, "only 2 (the NTK) is run by this app")
+        raise ConfigError(
+            "kernel.order", k.order, "only 2 (the NTK) is run by this app"
+        )
 
     _check_choice("logger.name", cfg.logger.name, LOGGER_NAMES)
     _check_choice("logger.mode", cfg.logger.mode, WANDB_MODES)

@@ -1,9 +1,9 @@
 """The ``nthexp`` console script: a Hydra app whose job is one sweep point.
 
-    nthexp                                          # one point, the defaults in conf/
-    nthexp -m model.width=64,256 model.depth=1,2 seed=0,1
-    nthexp -m experiment=quickstart
-    nthexp -m experiment=quickstart hydra.sweep.dir=multirun/<old>   # resume
+nthexp                                          # one point, the defaults in conf/
+nthexp -m model.width=64,256 model.depth=1,2 seed=0,1
+nthexp -m experiment=quickstart
+nthexp -m experiment=quickstart hydra.sweep.dir=multirun/<old>   # resume
 """
 
 from __future__ import annotations
@@ -104,9 +104,7 @@ def run_point(cfg: DictConfig) -> dict | None:
     write_point(job_dir, cfg, metrics, spectra)
 
     seconds = time.perf_counter() - tic
-    note = (
-        f"done in {seconds:.2f}s: rel_fro={metrics.get('rel_fro', float('nan')):.4g}"
-    )
+    note = f"done in {seconds:.2f}s: rel_fro={metrics.get('rel_fro', float('nan')):.4g}"
     if _progress.CURRENT is not None:
         _progress.CURRENT.point_done(job_num, seconds, note)
     else:
@@ -137,11 +135,15 @@ def _check_group_overrides(argv: list[str]) -> None:
         allowed = group_options(CONF_DIR, group)
         values = list(ov.sweep_iterator()) if ov.is_sweep_override() else [ov.value()]
         for value in values:
-            if str(value) not in allowed and not (group == "experiment" and value is None):
+            if str(value) not in allowed and not (
+                group == "experiment" and value is None
+            ):
                 fail(f"{group}={value} is not allowed; must be one of {allowed}")
 
 
 def main() -> None:
     """Console entry point (``nthexp``)."""
+    # Numerical caveats (warnings.warn in the library) go to the job logs.
+    logging.captureWarnings(True)
     _check_group_overrides(sys.argv[1:])
     _hydra_main()

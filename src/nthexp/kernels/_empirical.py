@@ -95,7 +95,7 @@ def _ntk_structured(model, params, x1, x2):
         # a, b: examples; o, p: outputs; i: layer input; j: layer output
         gram_h = h1 @ h2.T
         gram_d = jnp.einsum("oaj,pbj->opab", d1, d2)
-        term = gram_h * gram_d
+        term = gram_h[None, None] * gram_d
         total = term if total is None else total + term
     return total
 

@@ -246,6 +246,8 @@ def infinite_ntk(model, x1, x2=None, *, dtype="float64",
     return _jit_kernels(model, x1, x2, True, quadrature_nodes)[1]
 
 
-_jit_kernels = jax.jit(_kernels, static_argnums=(0, 3, 4))
+# Not jitted: the recursion is a few elementwise ops per layer on (N1, N2) arrays, which
+# run faster eagerly than a fresh compilation per model (every sweep point has one).
+_jit_kernels = _kernels
 
 

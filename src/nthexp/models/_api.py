@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +21,12 @@ def init(model, key: jax.Array, d_in: int, dtype="float64") -> dict:
     if isinstance(d_in, bool) or not isinstance(d_in, (int, np.integer)) or d_in < 1:
         raise ValueError(f"d_in={d_in!r} is not allowed; must be an integer >= 1")
     dt = resolve_dtype(dtype)
-    x = jnp.zeros((1, int(d_in)), dtype=dt)
-    return model.init(key, x)["params"]
+    return _init(model, key, int(d_in), dt.name)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _init(model, key, d_in, dtype):
+    return model.init(key, jnp.zeros((1, d_in), dtype=dtype))["params"]
 
 
 def apply(model, params: dict, x: jax.Array) -> jax.Array:

@@ -106,7 +106,7 @@ class NTKDense(nn.Module):
         ntk_input = s_w * h
         if self.use_bias:
             bias = self.param("bias", b_init, (self.features,), h.dtype)
-            z = z + s_b * bias
+            z = z + s_b * bias.reshape((1,) * (z.ndim - 1) + bias.shape)
             ones = jnp.full(h.shape[:-1] + (1,), s_b, dtype=h.dtype)
             ntk_input = jnp.concatenate([ntk_input, ones], axis=-1)
         self.sow("ntk_inputs", "h", ntk_input)

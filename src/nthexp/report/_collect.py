@@ -51,7 +51,9 @@ class SweepRuns:
             with np.load(path) as npz:
                 return {k: np.asarray(npz[k]) for k in npz.files}
         except (OSError, ValueError, KeyError) as exc:
-            log.warning("cannot read %s (%s); left out of the spectra figure", path, exc)
+            log.warning(
+                "cannot read %s (%s); left out of the spectra figure", path, exc
+            )
             return None
 
 
@@ -111,11 +113,18 @@ def collect(sweep_dir: str | Path) -> SweepRuns:
     """Read every run directory under ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise ValueError(f"sweep_dir={str(sweep_dir)!r} is not allowed; must be an "
-                         "existing sweep directory")
+        raise ValueError(
+            f"sweep_dir={str(sweep_dir)!r} is not allowed; must be an "
+            "existing sweep directory"
+        )
     expected, overrides, params = _sweep_plan(sweep_dir)
-    runs = SweepRuns(sweep_dir, pd.DataFrame(), expected=expected,
-                     overrides=overrides, sweeper_params=params)
+    runs = SweepRuns(
+        sweep_dir,
+        pd.DataFrame(),
+        expected=expected,
+        overrides=overrides,
+        sweeper_params=params,
+    )
     rows = []
     for run in _run_dirs(sweep_dir):
         rel = str(run.relative_to(sweep_dir))

@@ -43,15 +43,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _with_fallback(mode: str, body) -> str | None:
-    """Run ``body(mode)`` for the asked mode, then the fallbacks; returns the mode used."""
+    """Run ``body(mode)`` for the asked mode, then the fallbacks; returns the mode
+    used."""
     modes = [mode] + [m for m in _FALLBACK if m != mode]
     for m in modes:
         try:
             body(m)
             return m
         except Exception as exc:  # noqa: BLE001 - a sink must never kill the run
-            log.warning("wandb logging in mode %r failed (%s: %s)", m, type(exc).__name__,
-                        exc)
+            log.warning(
+                "wandb logging in mode %r failed (%s: %s)", m, type(exc).__name__, exc
+            )
             _finish_quietly()
     log.warning("wandb logging gave up; the results on disk are complete")
     return None
@@ -104,14 +106,18 @@ def log_point(
                 emp, inf = spectra["emp"], spectra["inf"]
                 table = wandb.Table(
                     columns=["index", "emp", "inf"],
-                    data=[[i, float(a), float(b)] for i, (a, b) in
-                          enumerate(zip(emp, inf, strict=True))],
+                    data=[
+                        [i, float(a), float(b)]
+                        for i, (a, b) in enumerate(zip(emp, inf, strict=True))
+                    ],
                 )
-                run.log({
-                    "spectra/eigenvalues": table,
-                    "spectra/log10_emp": wandb.Histogram(_log10_positive(emp)),
-                    "spectra/log10_inf": wandb.Histogram(_log10_positive(inf)),
-                })
+                run.log(
+                    {
+                        "spectra/eigenvalues": table,
+                        "spectra/log10_emp": wandb.Histogram(_log10_positive(emp)),
+                        "spectra/log10_inf": wandb.Histogram(_log10_positive(inf)),
+                    }
+                )
         finally:
             run.finish()
 

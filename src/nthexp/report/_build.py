@@ -1,0 +1,247 @@
+"""Sweep dir -> ``results.parquet``, ``fits.json``, ``figures/*.png``, ``report.md``.
+
+Reads only what the runs wrote (no recomputation); ``nthexp-report DIR`` and the
+multirun callback both call :func:`build_report`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from nthexp.experiment._files import (
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from nthexp.report._collect import SweepRuns, collect
+from nthexp.report._figures import make_figures
+from nthexp.report._fits import DEPTH, WIDTH, fit_table
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_KEYS = ("response", "level", "max_depth_over_width")
+PROVENANCE_PREFIXES = (
+    "versions.",
+    "device.",
+    "dtype",
+    "matmul_precision",
+    "git_revision",
+)
+
+
+@dataclass
+class Report:
+    runs: SweepRuns
+    fits: dict
+    figures: list[Path] = field(default_factory=list)
+    markdown_path: Path | None = None
+    parquet_path: Path | None = None
+    fits_path: Path | None = None
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return self.runs.failed
+
+    def summary_text(self) -> str:
+        """A short plain-text summary: the mean response table, exponents, paths."""
+        runs, fits = self.runs, self.fits
+        lines = [f"sweep {runs.sweep_dir}: {_census(runs)}"]
+        response = fits.get("response", "rel_fro")
+        table = runs.table
+        if not table.empty and {WIDTH, DEPTH, response} <= set(table.columns):
+            pivot = table.pivot_table(
+                index=DEPTH, columns=WIDTH, values=response, aggfunc="mean"
+            )
+            lines += [
+                f"mean {response} over seeds (rows: depth, columns: width)",
+                pivot.to_string(float_format=lambda v: f"{v:.4g}"),
+            ]
+        for row in exponent_rows(fits):
+            lines.append(f"  {row[0]:<34} {row[1]:>8}  {row[2]:<22} R^2={row[3]}")
+        lines += [f"  FLAG {flag}" for flag in fits.get("flags", [])]
+        lines.append(f"report: {self.markdown_path}")
+        return "\n".join(lines)
+
+
+def _census(runs: SweepRuns) -> str:
+    parts = [f"{runs.n_complete} complete"]
+    if runs.expected is not None:
+        parts[0] += f" of {runs.expected} planned"
+    parts.append(f"{len(runs.missing)} missing")
+    parts.append(f"{len(runs.failed)} failed")
+    if runs.unreadable:
+        parts.append(f"{len(runs.unreadable)} unreadable")
+    return ", ".join(parts)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def exponent_rows(fits: dict) -> list[tuple[str, str, str, str, str]]:
+    """(fit, exponent, interval, R^2, fitted range) per fitted exponent."""
+    rows = []
+
+    def add(label: str, fit: dict | None, factor: str) -> None:
+        if fit is None:
+            return
+        if "exponents" not in fit:
+            rows.append((label, "-", fit.get("error", "not fitted"), "-", "-"))
+            return
+        lo_hi = fit.get("interval", {}).get(factor) or [None, None]
+        rng = fit.get("ranges", {}).get(factor) or [None, None]
+        rows.append(
+            (
+                label,
+                _fmt(fit["exponents"][factor]),
+                f"[{_fmt(lo_hi[0])}, {_fmt(lo_hi[1])}]",
+                _fmt(fit.get("r2")),
+                f"{_fmt(rng[0])}..{_fmt(rng[1])}",
+            )
+        )
+
+    ratio = fits.get("max_depth_over_width")
+    for e in fits.get("width_fits", []):
+        add(f"width, depth={e['depth']}, all widths", e["all"], "width")
+        add(
+            f"width, depth={e['depth']}, depth/width<={ratio:g}",
+            e["small_ratio"],
+            "width",
+        )
+    for e in fits.get("depth_fits", []):
+        add(f"depth, width={e['width']}", e["fit"], "depth")
+    joint = fits.get("joint")
+    if joint is not None:
+        add("joint: width", joint, "width")
+        add("joint: depth", joint, "depth")
+    return rows
+
+
+def _analysis_settings(table: pd.DataFrame, overrides: dict | None) -> dict:
+    settings = {}
+    for key in ANALYSIS_KEYS:
+        col = f"analysis.{key}"
+        if overrides is not None and overrides.get(key) is not None:
+            settings[key] = overrides[key]
+        elif col in table.columns and table[col].notna().any():
+            settings[key] = table[col].dropna().iloc[0]
+        else:
+            raise ValueError(
+                f"analysis.{key} is missing from the runs' resolved configs; pass it "
+                "explicitly (nthexp-report --help)"
+            )
+    return settings
+
+
+def _provenance(table: pd.DataFrame) -> dict[str, list]:
+    out = {}
+    for col in table.columns:
+        if col.startswith(PROVENANCE_PREFIXES):
+            out[col] = sorted({str(v) for v in table[col].dropna()})
+    return out
+
+
+def _markdown(runs: SweepRuns, fits: dict, figures: list[Path], sweep_dir: Path) -> str:
+    md = [f"# nthexp sweep report: `{sweep_dir.name}`", ""]
+    md += ["## Command", ""]
+    if runs.overrides or runs.sweeper_params:
+        md.append("```")
+        md.append("nthexp -m " + " ".join(runs.overrides))
+        md.append("```")
+        if runs.sweeper_params:
+            md += ["", "Swept by the config (`hydra.sweeper.params`):", ""]
+            md += [f"- `{k}={v}`" for k, v in runs.sweeper_params.items()]
+    else:
+        md.append("(no multirun.yaml in the sweep dir)")
+    md += ["", f"Sweep dir: `{sweep_dir}`", ""]
+
+    md += ["## Runs", "", _census(runs) + ".", ""]
+    for title, items in (
+        (
+            "Missing (no metrics.json, no error recorded)",
+            [(r, "") for r in runs.missing],
+        ),
+        ("Failed", runs.failed),
+        ("Unreadable (skipped)", runs.unreadable),
+    ):
+        if items:
+            md += [f"{title}:", ""]
+            md += [f"- `{r}`" + (f": {why}" if why else "") for r, why in items]
+            md.append("")
+    if runs.expected is not None:
+        seen = runs.n_complete + len(runs.missing) + len(runs.failed)
+        seen += len(runs.unreadable)
+        if seen < runs.expected:
+            md += [f"{runs.expected - seen} planned point(s) have no run dir yet.", ""]
+
+    md += ["## Fitted exponents", ""]
+    md.append(
+        f"Response `{fits.get('response')}`, intervals at level "
+        f"{fits.get('level')}, standard errors from the seed spread."
+    )
+    md.append("")
+    rows = exponent_rows(fits)
+    if rows:
+        md += [
+            "| fit | exponent | interval | R^2 | fitted range |",
+            "|---|---|---|---|---|",
+        ]
+        md += [f"| {' | '.join(r)} |" for r in rows]
+    else:
+        md.append(fits.get("error", "No fit: width and depth do not vary."))
+    md.append("")
+    if fits.get("flags"):
+        md += ["Flags (all-widths and small depth/width fits disagree):", ""]
+        md += [f"- {flag}" for flag in fits["flags"]]
+        md.append("")
+    if fits.get("pooled"):
+        md += [
+            "Pooled in the fits (these config values vary across runs): "
+            + ", ".join(f"`{k}`" for k in fits["pooled"]),
+            "",
+        ]
+
+    if figures:
+        md += ["## Figures", ""]
+        md += [f"![{p.stem}](figures/{p.name})" for p in figures]
+        md.append("")
+
+    md += ["## Provenance", ""]
+    prov = _provenance(runs.table)
+    if prov:
+        md += ["| field | value(s) |", "|---|---|"]
+        md += [f"| {k} | {', '.join(v)} |" for k, v in sorted(prov.items())]
+    else:
+        md.append("No complete runs.")
+    md.append("")
+    return "\n".join(md)
+
+
+def build_report(sweep_dir: str | Path, analysis: dict | None = None) -> Report:
+    """Aggregate ``sweep_dir`` and write the report files into it."""
+    sweep_dir = Path(sweep_dir)
+    runs = collect(sweep_dir)
+    table = runs.table
+
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    parquet_path = sweep_dir / "results.parquet"
+    write_bytes_atomic(parquet_path, buf.getvalue())
+
+    if table.empty:
+        fits = {"error": "no complete runs", "flags": []}
+    else:
+        fits = fit_table(table, _analysis_settings(table, analysis))
+    fits_path = sweep_dir / "fits.json"
+    write_json_atomic(fits_path, json.loads(json.dumps(fits, default=str)))
+
+    figures = make_figures(runs, fits, sweep_dir / "figures")
+    markdown_path = sweep_dir / "report.md"
+    write_text_atomic(markdown_path, _markdown(runs, fits, figures, sweep_dir))
+    return Report(runs, fits, figures, markdown_path, parquet_path, fits_path)
