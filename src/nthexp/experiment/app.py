@@ -80,6 +80,8 @@ def run_point(cfg: DictConfig) -> dict | None:
         fail(f"{type(exc).__name__}: {exc} (traceback in {job_dir / 'error.txt'})", 1)
 
     config = OmegaConf.to_container(cfg, resolve=True)
+    # wandb shows each run's own overrides next to its config (tags cap at 64 chars).
+    config["overrides"] = hc.job.override_dirname
     if cfg.logger.name == "wandb":
         from nthexp.report import log_point
 
@@ -95,7 +97,6 @@ def run_point(cfg: DictConfig) -> dict | None:
             config=config,
             metrics=metrics,
             spectra=spectra if cfg.logger.log_spectra else None,
-            tags=[hc.job.override_dirname] if hc.job.override_dirname else None,
         )
         metrics["timing"]["wandb"] = time.perf_counter() - wandb_tic
 

@@ -48,10 +48,10 @@ def _params_dtype(params):
     return leaves[0].dtype
 
 
-def layer_factors(model, params, x: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+def layer_factors(model, params, x: jax.Array) -> dict[tuple, tuple[jax.Array, jax.Array]]:
     r"""Per dense layer, the scaled inputs and the backward vectors on ``x``.
 
-    Returns a list over dense layers (forward order) of ``(h, delta)`` with
+    Returns a dict from the layer's module path (forward order) to ``(h, delta)`` with
     ``h`` of shape ``(N, n_in [+1 with bias])`` and ``delta`` of shape ``(O, N, n_out)``,
     such that the gradient of :math:`f_o(x_a)` with respect to that layer's
     parameters is ``outer(h[a], delta[o, a])``.
@@ -80,10 +80,9 @@ def layer_factors(model, params, x: jax.Array) -> list[tuple[jax.Array, jax.Arra
 
     inputs = traverse_util.flatten_dict(inputs)
     deltas = traverse_util.flatten_dict(deltas)
-    factors = []
-    for key, (h,) in inputs.items():
-        factors.append((h, deltas[key[:-1] + ("z",)]))
-    return factors
+    return {
+        key[:-1]: (h, deltas[key[:-1] + ("z",)]) for key, (h,) in inputs.items()
+    }
 
 
 def _ntk_structured(model, params, x1, x2):
@@ -91,7 +90,7 @@ def _ntk_structured(model, params, x1, x2):
     f1 = layer_factors(model, params, x1)
     f2 = f1 if x2 is None else layer_factors(model, params, x2)
     total = None
-    for (h1, d1), (h2, d2) in zip(f1, f2, strict=True):
+    for (h1, d1), (h2, d2) in zip(f1.values(), f2.values(), strict=True):
         # a, b: examples; o, p: outputs; i: layer input; j: layer output
         gram_h = h1 @ h2.T
         gram_d = jnp.einsum("oaj,pbj->opab", d1, d2)
