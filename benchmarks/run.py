@@ -89,14 +89,25 @@ def main(argv=None):
     t_s = _timeit(lambda: nx.kernels.ntk(model, params, x), 5)
     t_j = _timeit(lambda: nx.kernels.ntk(model, params, x, method="jacobian"), 2)
     flops, mem = _compiled_stats(
-        _empirical._ntk, model, params, x, None, method="structured", trace=False)
+        _empirical._ntk, model, params, x, None, method="structured", trace=False
+    )
     _, mem_j = _compiled_stats(
-        _empirical._ntk, model, params, x, None, method="jacobian", trace=False)
+        _empirical._ntk, model, params, x, None, method="jacobian", trace=False
+    )
     t_ntk = t_s
-    rows.append(dict(kernel="ntk", problem=f"N={x.shape[0]} n={model.width} L=8",
-                     structured_s=t_s, jacobian_s=t_j, speedup=t_j / t_s,
-                     flops=flops, frac_peak=flops / t_s / peak if flops else None,
-                     xla_bytes=mem, xla_bytes_jacobian=mem_j))
+    rows.append(
+        dict(
+            kernel="ntk",
+            problem=f"N={x.shape[0]} n={model.width} L=8",
+            structured_s=t_s,
+            jacobian_s=t_j,
+            speedup=t_j / t_s,
+            flops=flops,
+            frac_peak=flops / t_s / peak if flops else None,
+            xla_bytes=mem,
+            xla_bytes_jacobian=mem_j,
+        )
+    )
 
     # O3 and o3_contract at (N=128, width 256, depth 4)
     model, params, x = problem(256, 4, 128)
@@ -106,58 +117,98 @@ def main(argv=None):
     plan = nx.kernels.plan(3, x.shape[0], params)
     xc = x[: plan.chunk]
     flops_chunk, mem = _compiled_stats(
-        _hierarchy._o3_chunk, model, params, x, xc, method="structured")
+        _hierarchy._o3_chunk, model, params, x, xc, method="structured"
+    )
     flops = flops_chunk * plan.n_chunks if flops_chunk else None
-    rows.append(dict(kernel="o3", problem=f"N={x.shape[0]} n={model.width} L=4",
-                     structured_s=t_s, jacobian_s=t_j, speedup=t_j / t_s,
-                     flops=flops, frac_peak=flops / t_s / peak if flops else None,
-                     xla_bytes=(mem or 0) + plan.output_bytes if mem else None,
-                     planner_bytes=plan.peak_bytes, plan=plan.describe()))
+    rows.append(
+        dict(
+            kernel="o3",
+            problem=f"N={x.shape[0]} n={model.width} L=4",
+            structured_s=t_s,
+            jacobian_s=t_j,
+            speedup=t_j / t_s,
+            flops=flops,
+            frac_peak=flops / t_s / peak if flops else None,
+            xla_bytes=(mem or 0) + plan.output_bytes if mem else None,
+            planner_bytes=plan.peak_bytes,
+            plan=plan.describe(),
+        )
+    )
     v = jax.random.normal(jax.random.key(7), (x.shape[0],), dtype=dtype)
     t_c = _timeit(lambda: nx.kernels.o3_contract(model, params, x, v), 5)
-    rows.append(dict(kernel="o3_contract", problem=f"N={x.shape[0]} n={model.width} L=4",
-                     structured_s=t_c, ntk_s=t_ntk3, cost_in_ntks=t_c / t_ntk3))
+    rows.append(
+        dict(
+            kernel="o3_contract",
+            problem=f"N={x.shape[0]} n={model.width} L=4",
+            structured_s=t_c,
+            ntk_s=t_ntk3,
+            cost_in_ntks=t_c / t_ntk3,
+        )
+    )
     t_c4 = _timeit(lambda: nx.kernels.o4_contract(model, params, x, v, v), 5)
-    rows.append(dict(kernel="o4_contract", problem=f"N={x.shape[0]} n={model.width} L=4",
-                     structured_s=t_c4, ntk_s=t_ntk3, cost_in_ntks=t_c4 / t_ntk3))
+    rows.append(
+        dict(
+            kernel="o4_contract",
+            problem=f"N={x.shape[0]} n={model.width} L=4",
+            structured_s=t_c4,
+            ntk_s=t_ntk3,
+            cost_in_ntks=t_c4 / t_ntk3,
+        )
+    )
 
     # O4 at a small size
     model, params, x = problem(128, 2, 32)
     t_s = _timeit(lambda: nx.kernels.o4(model, params, x), 2)
     t_j = _timeit(lambda: nx.kernels.o4(model, params, x, method="jacobian"), 1)
     plan4 = nx.kernels.plan(4, x.shape[0], params)
-    rows.append(dict(kernel="o4", problem=f"N={x.shape[0]} n={model.width} L=2",
-                     structured_s=t_s, jacobian_s=t_j, speedup=t_j / t_s,
-                     planner_bytes=plan4.peak_bytes, plan=plan4.describe()))
+    rows.append(
+        dict(
+            kernel="o4",
+            problem=f"N={x.shape[0]} n={model.width} L=2",
+            structured_s=t_s,
+            jacobian_s=t_j,
+            speedup=t_j / t_s,
+            planner_bytes=plan4.peak_bytes,
+            plan=plan4.describe(),
+        )
+    )
 
     result = dict(
         date=datetime.date.today().isoformat(),
         device=str(jax.devices()[0].device_kind),
         platform=jax.devices()[0].platform,
         machine=platform.processor() or platform.machine(),
-        jax=jax.__version__, dtype=dtype.name, matmul_precision="highest",
-        matmul_flops_per_s=peak, quick=args.quick, ntk_reference_s=t_ntk,
+        jax=jax.__version__,
+        dtype=dtype.name,
+        matmul_precision="highest",
+        matmul_flops_per_s=peak,
+        quick=args.quick,
+        ntk_reference_s=t_ntk,
         rows=rows,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 
-    print(f"device {result['device']} ({result['platform']}), {dtype.name}, "
-          f"measured matmul rate {peak / 1e9:.1f} GFLOP/s")
+    print(
+        f"device {result['device']} ({result['platform']}), {dtype.name}, "
+        f"measured matmul rate {peak / 1e9:.1f} GFLOP/s"
+    )
     header = f"{'kernel':<12} {'problem':<22} {'structured':>11} {'reference':>10} "
     header += f"{'ratio':>7} {'GFLOP':>8} {'% peak':>7} {'XLA MB':>8} {'plan MB':>8}"
     print(header)
     for r in rows:
         ref = r.get("jacobian_s", r.get("ntk_s"))
         ratio = r.get("speedup", r.get("cost_in_ntks"))
-        fmt = lambda v, f: (f.format(v) if v is not None else "-")  # noqa: E731
-        print(f"{r['kernel']:<12} {r['problem']:<22} {r['structured_s']:>10.4f}s "
-              f"{fmt(ref, '{:>9.4f}s')} {fmt(ratio, '{:>7.1f}')} "
-              f"{fmt(r.get('flops') and r['flops'] / 1e9, '{:>8.2f}')} "
-              f"{fmt(r.get('frac_peak') and 100 * r['frac_peak'], '{:>6.1f}%')} "
-              f"{fmt(r.get('xla_bytes') and r['xla_bytes'] / 2**20, '{:>8.1f}')} "
-              f"{fmt(r.get('planner_bytes') and r['planner_bytes'] / 2**20, '{:>8.1f}')}")
+        fmt = lambda v, f: f.format(v) if v is not None else "-"  # noqa: E731
+        print(
+            f"{r['kernel']:<12} {r['problem']:<22} {r['structured_s']:>10.4f}s "
+            f"{fmt(ref, '{:>9.4f}s')} {fmt(ratio, '{:>7.1f}')} "
+            f"{fmt(r.get('flops') and r['flops'] / 1e9, '{:>8.2f}')} "
+            f"{fmt(r.get('frac_peak') and 100 * r['frac_peak'], '{:>6.1f}%')} "
+            f"{fmt(r.get('xla_bytes') and r['xla_bytes'] / 2**20, '{:>8.1f}')} "
+            f"{fmt(r.get('planner_bytes') and r['planner_bytes'] / 2**20, '{:>8.1f}')}"
+        )
     print("ratio: reference/structured time (speed-up), or o*_contract time in NTKs")
     print(f"written {out}")
 
