@@ -52,8 +52,11 @@ def _nthexp(*args: str, cwd: Path | None = None, timeout: int = 240):
 
 
 def _without_timing(path: Path) -> dict:
+    """metrics.json minus ``timing``; also minus ``git_revision``, which moves when
+    the checkout gets a commit between the two runs (the code is then different)."""
     metrics = json.loads(path.read_text())
     metrics.pop("timing")
+    metrics.pop("git_revision", None)
     return metrics
 
 
@@ -115,6 +118,11 @@ def test_quickstart_preset():
     first_line = (CONF_DIR / "experiment" / "quickstart.yaml").read_text().splitlines()
     assert first_line[0] == "# @package _global_"
     assert any("nthexp -m experiment=quickstart" in line for line in first_line[:4])
+
+
+def test_local_launcher_preset():
+    cfg = _compose(["hydra/launcher=local"], hydra_cfg=True)
+    assert cfg.hydra.launcher._target_.endswith("BasicLauncher")
 
 
 def test_sweep_dirs_differ_within_a_second():
@@ -213,10 +221,8 @@ def test_rerun_skips_complete_points(sweep):
     for path, mtime in before.items():
         if path != redo:
             assert path.stat().st_mtime_ns == mtime, path
-    new = json.loads(redo.read_text())
-    old = json.loads(kept)
-    new.pop("timing"), old.pop("timing")
-    assert new == old
+    (sweep_dir / "kept.json").write_text(kept)
+    assert _without_timing(redo) == _without_timing(sweep_dir / "kept.json")
 
 
 def test_identical_reruns_differ_only_in_timing(sweep, tmp_path):
@@ -228,14 +234,13 @@ def test_identical_reruns_differ_only_in_timing(sweep, tmp_path):
     )
 
 
+# One case per path a bad value can take (the field messages themselves are covered
+# in-process by test_validate_names_the_field): a single run, a swept value, an
+# unknown group option, a rule of the data module, and a swept group.
 BAD_INPUTS = [
     (["model.width=0"], "model.width"),
     (["-m", "model.width=8,-4"], "model.width"),
-    (["model.depth=-1"], "model.depth"),
-    (["model.activation=swish"], "model.activation"),
     (["model=transformer"], "model"),
-    (["data=imagenet"], "data"),
-    (["data.n=1"], "data.n"),
     (["data=torus", "data.d_in=7"], "data.d_in"),
     (["data.n=1798"], "data.n"),
     (["-m", "model=mlp,resnet", "model.depth=0"], "model.depth"),
