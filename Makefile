@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 # Wall-clock limit for one test session (CI gives the whole job 90 minutes).
 TEST_TIMEOUT ?= 75m
 
-.PHONY: help venv .venv run test test-all bench docs lint lock slurm-up slurm-down \
+.PHONY: help venv .venv run test test-all bench bench-peers docs lint lock slurm-up slurm-down \
 	clean distclean
 
 help:
@@ -30,6 +30,7 @@ help:
 	@echo "make test       fast tests (not slow, not gpu); PYTEST_ARGS=... to narrow"
 	@echo "make test-all   all tests, slow ones included"
 	@echo "make bench      benchmarks (python -m benchmarks.run)"
+	@echo "make bench-peers  nthexp vs neural-tangents (builds .venv-peers; not in CI)"
 	@echo "make docs       check the links of README.md and docs/*.md"
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make lock       recompile requirements/lock.txt from requirements/base.in"
@@ -88,6 +89,18 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(ARGS)
+
+# Optional, never in CI: neural-tangents (the peer) in its own venv on its old JAX,
+# timed in alternation with nthexp. requirements/peers.txt pins the peer's stack.
+PEERS_VENV ?= .venv-peers
+$(PEERS_VENV)/.stamp: requirements/peers.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet -r requirements/peers.txt
+	$(PEERS_VENV)/bin/pip install --quiet --no-deps neural-tangents==0.6.5
+	@touch $@
+
+bench-peers: $(STAMP) $(PEERS_VENV)/.stamp
+	$(PY) -m benchmarks.peers --python $(PEERS_VENV)/bin/python $(ARGS)
 
 # The docs are plain Markdown; this only checks that relative links point at files.
 docs:
