@@ -9,10 +9,15 @@ runs give equal ``metrics.json`` apart from that key.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
+import io
+import json
 import logging
 import math
+import os
 import platform
+import shutil
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -29,6 +34,9 @@ from nthexp.experiment._files import (
     METRICS,
     RESOLVED_CONFIG,
     SPECTRA,
+    STAGES,
+    STAGES_DIR,
+    write_bytes_atomic,
     write_json_atomic,
     write_npz_atomic,
     write_text_atomic,
@@ -148,11 +156,96 @@ def existing_run_matches(job_dir: Path, cfg: DictConfig) -> bool:
     return True
 
 
-def compute_point(cfg: DictConfig) -> tuple[dict, dict[str, np.ndarray]]:
-    """Run one point; returns ``(metrics, spectra)`` and writes nothing."""
+class _Stages:
+    """Saved kernel stages of one point, so that a job requeued after its time limit
+    or a preemption resumes where it stopped.
+
+    ``<job dir>/stages/<name>.npy`` holds a finished stage's array and
+    ``<job dir>/stages.json`` its record: ``started_at``/``finished_at`` (UTC, ISO),
+    ``seconds`` and ``attempt`` (``SLURM_RESTART_COUNT``: 0 for the first run, 1 after
+    the first requeue, ...). A stage is reused only when ``config_sha`` matches the
+    point's config. The arrays are deleted once ``metrics.json`` is written; the
+    records stay. Without a job dir (``stage_dir=None``) nothing is saved.
+    """
+
+    def __init__(self, job_dir: Path | None, cfg: DictConfig, job_num: int | None):
+        self.job_dir = job_dir
+        self.job_num = job_num
+        self.attempt = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        computed = _computed_part(OmegaConf.to_container(cfg, resolve=True))
+        blob = json.dumps(computed, sort_keys=True, default=str).encode()
+        self.sha = hashlib.sha256(blob).hexdigest()[:16]
+        self.records: dict = {}
+        if job_dir is not None and (job_dir / STAGES).is_file():
+            try:
+                saved = json.loads((job_dir / STAGES).read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if saved.get("config_sha") == self.sha:
+                self.records = saved.get("stages", {})
+
+    def run(self, name: str, timing: dict, compute) -> np.ndarray:
+        """``compute()`` unless a saved result of stage ``name`` exists."""
+        path = (
+            None if self.job_dir is None else self.job_dir / STAGES_DIR / f"{name}.npy"
+        )
+        if path is not None and name in self.records and path.is_file():
+            log.info(
+                "stage %s: reusing the result of attempt %s (%s)",
+                name,
+                self.records[name]["attempt"],
+                path,
+            )
+            timing[name] = self.records[name]["seconds"]
+            return np.load(path)
+        _debug_sleep(self.job_num, name, self.attempt)
+        started = datetime.now(UTC).isoformat()
+        tic = time.perf_counter()
+        value = compute()
+        timing[name] = time.perf_counter() - tic
+        if path is not None:
+            path.parent.mkdir(exist_ok=True)
+            buf = io.BytesIO()
+            np.save(buf, value)
+            write_bytes_atomic(path, buf.getvalue())
+            self.records[name] = {
+                "started_at": started,
+                "finished_at": datetime.now(UTC).isoformat(),
+                "seconds": timing[name],
+                "attempt": self.attempt,
+            }
+            write_json_atomic(
+                self.job_dir / STAGES, {"config_sha": self.sha, "stages": self.records}
+            )
+        return value
+
+
+def _debug_sleep(job_num: int | None, stage: str, attempt: int) -> None:
+    """Test hook for the requeue and cancel tests (tests/test_slurm.py):
+    ``NTHEXP_DEBUG_SLEEP=<job num>:<stage>:<seconds>`` sleeps before that stage of
+    that point, on its first attempt only."""
+    spec = os.environ.get("NTHEXP_DEBUG_SLEEP")
+    if spec is None or attempt != 0:
+        return
+    num, name, seconds = spec.split(":")
+    if name == stage and job_num is not None and int(num) == job_num:
+        log.warning("NTHEXP_DEBUG_SLEEP: sleeping %ss before stage %s", seconds, stage)
+        time.sleep(float(seconds))
+
+
+def compute_point(
+    cfg: DictConfig, job_dir: Path | None = None, job_num: int | None = None
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Run one point; returns ``(metrics, spectra)``.
+
+    With ``job_dir``, the kernel stages are saved as they finish (see
+    :class:`_Stages`) and reused by a rerun of the same point; nothing else is
+    written.
+    """
     timing: dict[str, float] = {}
     t_start = time.perf_counter()
     dtype = cfg.kernel.dtype
+    stages = _Stages(job_dir, cfg, job_num)
 
     tic = time.perf_counter()
     d = cfg.data
@@ -166,23 +259,35 @@ def compute_point(cfg: DictConfig) -> tuple[dict, dict[str, np.ndarray]]:
     params = jax.block_until_ready(params)
     timing["init"] = time.perf_counter() - tic
 
-    tic = time.perf_counter()
-    k_emp = nx.kernels.ntk(model, params, x, method=cfg.kernel.method)
-    k_emp = np.asarray(jax.block_until_ready(k_emp), dtype=np.float64)
-    timing["ntk"] = time.perf_counter() - tic
-    _check_finite(
-        "K_emp",
-        k_emp,
-        "the network output overflowed; lower model.w_std or model.depth",
-    )
+    def empirical():
+        k = nx.kernels.ntk(model, params, x, method=cfg.kernel.method)
+        k = np.asarray(jax.block_until_ready(k), dtype=np.float64)
+        _check_finite(
+            "K_emp",
+            k,
+            "the network output overflowed; lower model.w_std or model.depth",
+        )
+        return k
 
-    tic = time.perf_counter()
-    k_inf = nx.kernels.infinite_ntk(model, x, dtype=dtype)
-    k_inf = np.asarray(jax.block_until_ready(k_inf), dtype=np.float64)
-    timing["infinite"] = time.perf_counter() - tic
-    _check_finite(
-        "K_inf", k_inf, "the infinite-width recursion overflowed; lower model.w_std"
-    )
+    k_emp = stages.run("ntk", timing, empirical)
+
+    def infinite():
+        k = nx.kernels.infinite_ntk(model, x, dtype=dtype)
+        k = np.asarray(jax.block_until_ready(k), dtype=np.float64)
+        _check_finite(
+            "K_inf", k, "the infinite-width recursion overflowed; lower model.w_std"
+        )
+        return k
+
+    k_inf = stages.run("infinite", timing, infinite)
+
+    hierarchy, hierarchy_spectra = {}, {}
+    if cfg.kernel.order >= 3:
+        tic = time.perf_counter()
+        hierarchy, hierarchy_spectra = _hierarchy_metrics(
+            cfg, model, params, x, ds.y, k_emp
+        )
+        timing["hierarchy"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
     spec_emp = nx.analysis.spectrum(k_emp)
@@ -195,6 +300,7 @@ def compute_point(cfg: DictConfig) -> tuple[dict, dict[str, np.ndarray]]:
         **_scalars(corr.to_dict()),
         **_scalars(spec_emp.to_dict(), "emp_"),
         **_scalars(spec_inf.to_dict(), "inf_"),
+        **hierarchy,
         "n_params": nx.models.param_count(params),
         "n": int(x.shape[0]),
         "d_in": int(x.shape[1]),
@@ -206,8 +312,49 @@ def compute_point(cfg: DictConfig) -> tuple[dict, dict[str, np.ndarray]]:
     spectra = {
         "emp": np.asarray(spec_emp.eigenvalues, dtype=np.float64),
         "inf": np.asarray(spec_inf.eigenvalues, dtype=np.float64),
+        **hierarchy_spectra,
     }
     return metrics, spectra
+
+
+def _hierarchy_metrics(cfg, model, params, x, y, k_emp):
+    r"""O3 (and O4) at initialisation: norms, their size relative to the NTK, the NTK
+    velocity :math:`\dot K_2 = -(1/N) O_3 \cdot r_0` and the end-of-training change
+    :math:`-O_3 \cdot v + O_4 : M` of DESIGN.md section 2 (the O4 term for order 4)."""
+    method, budget = cfg.kernel.method, cfg.kernel.memory_budget
+    n = x.shape[0]
+    k_fro = float(np.linalg.norm(k_emp))
+    y = jax.numpy.asarray(y, dtype=x.dtype)
+    r0 = np.asarray(nx.models.apply(model, params, x) - y, dtype=np.float64)
+
+    o3 = np.asarray(nx.kernels.o3(model, params, x, method, memory_budget=budget))
+    _check_finite("O3", o3, "the network output overflowed; lower model.w_std")
+    velocity = -np.asarray(nx.kernels.o3_contract(model, params, x, r0, method)) / n
+    velocity_eigs = np.linalg.eigvalsh(0.5 * (velocity + velocity.T))
+    v, m, _ = nx.dynamics.late_time_weights(k_emp, r0)
+    dk_o3 = -o3 @ v
+    out = {
+        "o3_fro": float(np.linalg.norm(o3)),
+        "o3_rel": float(np.linalg.norm(o3)) / k_fro,
+        "velocity_fro": float(np.linalg.norm(velocity)),
+        "velocity_rel": float(np.linalg.norm(velocity)) / k_fro,
+        "velocity_lambda_min": float(velocity_eigs[0]),
+        "velocity_lambda_max": float(velocity_eigs[-1]),
+        "latetime_dk_o3_rel": float(np.linalg.norm(dk_o3)) / k_fro,
+    }
+    if cfg.kernel.order >= 4:
+        o4 = np.asarray(nx.kernels.o4(model, params, x, method, memory_budget=budget))
+        _check_finite("O4", o4, "the network output overflowed; lower model.w_std")
+        dk_o4 = np.einsum("abcd,cd->ab", o4, m)
+        out.update(
+            {
+                "o4_fro": float(np.linalg.norm(o4)),
+                "o4_rel": float(np.linalg.norm(o4)) / k_fro,
+                "latetime_dk_o4_rel": float(np.linalg.norm(dk_o4)) / k_fro,
+                "latetime_dk_rel": float(np.linalg.norm(dk_o3 + dk_o4)) / k_fro,
+            }
+        )
+    return out, {"velocity": velocity_eigs}
 
 
 def write_point(job_dir: Path, cfg: DictConfig, metrics: dict, spectra: dict) -> None:
@@ -215,6 +362,11 @@ def write_point(job_dir: Path, cfg: DictConfig, metrics: dict, spectra: dict) ->
     write_npz_atomic(job_dir / SPECTRA, **spectra)
     write_text_atomic(job_dir / RESOLVED_CONFIG, resolved_yaml(cfg))
     write_json_atomic(job_dir / METRICS, metrics)
+
+
+def clear_stages(job_dir: Path) -> None:
+    """Delete the saved stage arrays of a complete point (``stages.json`` stays)."""
+    shutil.rmtree(job_dir / STAGES_DIR, ignore_errors=True)
 
 
 def write_error(job_dir: Path, text: str) -> None:

@@ -72,9 +72,15 @@ def validate(cfg: DictConfig) -> None:
     _check_choice("kernel.method", k.method, tuple(nx.kernels.METHODS))
     _check_choice("kernel.matmul_precision", k.matmul_precision, MATMUL_PRECISIONS)
     _check_int("kernel.order", k.order, 2)
-    if k.order != 2:
+    if k.order > 4:
+        raise ConfigError("kernel.order", k.order, "must be 2 (NTK), 3 (O3) or 4 (O4)")
+    budget = k.get("memory_budget")
+    if budget is not None:
+        _check_int("kernel.memory_budget", budget, 1)
+    if k.order >= 3 and m.n_out != 1:
         raise ConfigError(
-            "kernel.order", k.order, "only 2 (the NTK) is run by this app"
+            "model.n_out", m.n_out, "must be 1 with kernel.order >= 3 (O3/O4 are "
+            "defined for scalar outputs)"
         )
 
     _check_choice("logger.name", cfg.logger.name, LOGGER_NAMES)

@@ -20,7 +20,7 @@ from nthexp.experiment._files import (
     write_text_atomic,
 )
 from nthexp.report._collect import SweepRuns, collect
-from nthexp.report._figures import make_figures
+from nthexp.report._figures import HIERARCHY_RESPONSES, make_figures
 from nthexp.report._fits import DEPTH, WIDTH, fit_table
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,19 @@ def _markdown(runs: SweepRuns, fits: dict, figures: list[Path], sweep_dir: Path)
             "",
         ]
 
+    for name, sub in fits.get("hierarchy", {}).items():
+        md += [f"### Hierarchy: `{name}`", ""]
+        sub_rows = exponent_rows(sub)
+        if sub_rows:
+            md += [
+                "| fit | exponent | interval | R^2 | fitted range |",
+                "|---|---|---|---|---|",
+            ]
+            md += [f"| {' | '.join(r)} |" for r in sub_rows]
+        else:
+            md.append(sub.get("error", "No fit."))
+        md.append("")
+
     if figures:
         md += ["## Figures", ""]
         md += [f"![{p.stem}](figures/{p.name})" for p in figures]
@@ -237,7 +250,15 @@ def build_report(sweep_dir: str | Path, analysis: dict | None = None) -> Report:
     if table.empty:
         fits = {"error": "no complete runs", "flags": []}
     else:
-        fits = fit_table(table, _analysis_settings(table, analysis))
+        settings = _analysis_settings(table, analysis)
+        fits = fit_table(table, settings)
+        hierarchy = {
+            name: fit_table(table, {**settings, "response": name})
+            for name in HIERARCHY_RESPONSES
+            if name in table.columns and table[name].notna().any()
+        }
+        if hierarchy:
+            fits["hierarchy"] = hierarchy
     fits_path = sweep_dir / "fits.json"
     write_json_atomic(fits_path, json.loads(json.dumps(fits, default=str)))
 

@@ -19,6 +19,10 @@ from nthexp.report._fits import DEPTH, SEED, WIDTH  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+#: Per-run hierarchy metrics (kernel=o3/o4) whose scaling with width gets a figure
+#: and a fit of its own.
+HIERARCHY_RESPONSES = ("o3_fro", "o4_fro", "velocity_rel", "latetime_dk_rel")
+
 
 def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
@@ -129,6 +133,19 @@ def make_figures(runs: SweepRuns, fits: dict, out_dir: Path) -> list[Path]:
         ),
         _save(_spectra(runs), out_dir / "spectra_by_depth.png"),
     ]
+    for extra in HIERARCHY_RESPONSES:
+        if extra in table.columns and table[extra].notna().any():
+            paths.append(
+                _save(
+                    _vs_width(
+                        table,
+                        extra,
+                        fits.get("hierarchy", {}).get(extra),
+                        f"{extra} vs width (mean and std over seeds)",
+                    ),
+                    out_dir / f"{extra}_vs_width.png",
+                )
+            )
     if "rel_op" in table.columns and response != "rel_op":
         paths.append(
             _save(
