@@ -76,7 +76,9 @@ def main(argv=None):
         p_count = nx.models.param_count(params)
         times = {"nthexp": []}
         for _ in range(args.rounds):  # alternate nthexp and the peer
-            times["nthexp"].append(_timeit(lambda: nx.kernels.ntk(model, params, x), 3))
+            times["nthexp"].append(
+                _timeit(lambda m=model, p=params, x=x: nx.kernels.ntk(m, p, x), 3)
+            )
             for method in PEER_METHODS:
                 if (
                     method == "jacobian_contraction"
@@ -134,8 +136,9 @@ def main(argv=None):
     out.write_text(json.dumps(result, indent=2))
 
     print(
-        f"nthexp on jax {jax.__version__} vs neural-tangents {versions['neural_tangents']}"
-        f" on jax {versions['jax']}; float64 matmul rate {peak / 1e9:.1f} GFLOP/s"
+        f"nthexp on jax {jax.__version__} vs neural-tangents "
+        f"{versions['neural_tangents']} on jax {versions['jax']}; "
+        f"float64 matmul rate {peak / 1e9:.1f} GFLOP/s"
     )
     print(
         f"{'(width, depth, N)':<18} {'nthexp s':>9} {'% peak':>7} "
@@ -154,7 +157,8 @@ def main(argv=None):
         )
         frac = r["nthexp_frac_peak"]
         print(
-            f"{str((p['width'], p['depth'], p['n'])):<18} {r['seconds']['nthexp']:>9.4f} "
+            f"{str((p['width'], p['depth'], p['n'])):<18} "
+            f"{r['seconds']['nthexp']:>9.4f} "
             f"{100 * frac if frac else float('nan'):>6.1f}% "
             + " ".join(cells)
             + f"   {mem}"

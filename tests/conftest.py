@@ -32,7 +32,9 @@ def pytest_collection_modifyitems(config, items):
 
     on_ci = os.environ.get("CI") == "true"
     has_gpu = any(d.platform == "gpu" for d in jax.devices())
-    has_slurm = shutil.which("scontrol") is not None and bool(os.environ.get("SLURM_CONF"))
+    has_slurm = shutil.which("scontrol") is not None and bool(
+        os.environ.get("SLURM_CONF")
+    )
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="no GPU on this machine"))

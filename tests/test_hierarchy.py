@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _cases import case_id, grid
 
 import nthexp as nx
+from _cases import case_id, grid
 
 D_IN = 3
 N = 4
@@ -35,8 +35,14 @@ HIER_GRID = grid(
     activation=["relu", "erf", "tanh"],
     use_bias=[True, False],
     depth=[1, 2, 3, 4],
-) + grid(max_cases=1, seed=2, kind=["resnet"], activation=["relu", "gelu"],
-         use_bias=[True], depth=[2])
+) + grid(
+    max_cases=1,
+    seed=2,
+    kind=["resnet"],
+    activation=["relu", "gelu"],
+    use_bias=[True],
+    depth=[2],
+)
 
 
 @pytest.fixture(scope="module", params=HIER_GRID, ids=case_id)
@@ -102,12 +108,15 @@ def test_o3_is_the_derivative_of_the_ntk(tensors):
 
 
 def test_o3_from_hessian_vector_products(tensors):
-    """O3[a,b,c] = g_b^T H_a g_c + g_a^T H_b g_c, with H_a g_c by forward-over-reverse."""
+    """O3[a,b,c] = g_b^T H_a g_c + g_a^T H_b g_c; H_a g_c by forward-over-reverse."""
     model, params = tensors["model"], tensors["params"]
     o3 = tensors[("o3", "structured")]
     g = _grads(model, params, X)
-    flat = lambda t: jnp.concatenate([a.reshape(a.shape[0], -1)  # noqa: E731
-                                      for a in jax.tree.leaves(t)], axis=1)
+
+    def flat(tree):
+        leaves = jax.tree.leaves(tree)
+        return jnp.concatenate([a.reshape(a.shape[0], -1) for a in leaves], axis=1)
+
     g_flat = flat(g)  # (N, P)
 
     def hvp(a, tangent):
@@ -117,8 +126,9 @@ def test_o3_from_hessian_vector_products(tensors):
     expected = np.zeros((N, N, N))
     for c in range(N):
         g_c = jax.tree.map(lambda t, c=c: t[c], g)
-        h_gc = flat(jax.tree.map(lambda *a: jnp.stack(a),
-                                 *[hvp(a, g_c) for a in range(N)]))  # (N, P): H_a g_c
+        h_gc = flat(
+            jax.tree.map(lambda *a: jnp.stack(a), *[hvp(a, g_c) for a in range(N)])
+        )  # (N, P): H_a g_c
         m = g_flat @ h_gc.T  # m[b, a] = g_b^T H_a g_c
         expected[:, :, c] = m.T + m
     assert _rel(o3, jnp.asarray(expected)) < 1e-10
@@ -149,8 +159,14 @@ def test_norm_falls_like_one_over_width(order):
     for width in widths:
         model = nx.models.MLP(width=width, depth=2, b_std=0.1)
         fn = nx.kernels.o3 if order == 3 else nx.kernels.o4
-        norms = [float(jnp.linalg.norm(fn(model, nx.models.init(
-            model, jax.random.key(seed), D_IN), x))) for seed in range(8)]
+        norms = [
+            float(
+                jnp.linalg.norm(
+                    fn(model, nx.models.init(model, jax.random.key(seed), D_IN), x)
+                )
+            )
+            for seed in range(8)
+        ]
         means.append(np.mean(norms))
     slope = np.polyfit(np.log(widths), np.log(means), 1)[0]
     assert -1.15 <= slope <= -0.85, f"O{order}: slope {slope:.3f}"
@@ -161,9 +177,11 @@ def test_planner_refuses_before_compiling():
     params = nx.models.init(model, jax.random.key(0), D_IN)
     x = jax.random.normal(jax.random.key(0), (512, D_IN))
     before = nx.kernels._hierarchy._o4_chunk._cache_size()
-    with pytest.raises(nx.kernels.MemoryPlanError,
-                       match=r"O4 with N=512 needs at least .* GiB .* the largest N "
-                             r"that fits is about \d+\. Options: "):
+    with pytest.raises(
+        nx.kernels.MemoryPlanError,
+        match=r"O4 with N=512 needs at least .* GiB .* the largest N "
+        r"that fits is about \d+\. Options: ",
+    ):
         nx.kernels.o4(model, params, x, memory_budget=2**30)
     assert nx.kernels._hierarchy._o4_chunk._cache_size() == before
 
@@ -209,8 +227,9 @@ def test_chunking_and_sharding_do_not_change_the_result():
     np.testing.assert_allclose(pieces, whole, rtol=1e-12, atol=1e-14)
     assert again.shape == whole.shape
     # one device: same numbers
-    single = jax.jit(nx.kernels._hierarchy._o3_columns,
-                     static_argnames=("model", "method"))(
-        model, params, x, x, "structured")
-    np.testing.assert_allclose(jnp.moveaxis(single, 0, -1), whole, rtol=1e-12,
-                               atol=1e-14)
+    single = jax.jit(
+        nx.kernels._hierarchy._o3_columns, static_argnames=("model", "method")
+    )(model, params, x, x, "structured")
+    np.testing.assert_allclose(
+        jnp.moveaxis(single, 0, -1), whole, rtol=1e-12, atol=1e-14
+    )

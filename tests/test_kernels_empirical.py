@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _cases import case_id, grid
 
 import nthexp as nx
+from _cases import case_id, grid
 
 D_IN = 5
 X1 = jax.random.normal(jax.random.key(11), (7, D_IN))
@@ -34,8 +34,11 @@ def test_structured_equals_jacobian_mlp(case):
     params = nx.models.init(model, jax.random.key(case["depth"]), D_IN)
     reference = nx.kernels.ntk(model, params, X1, method="jacobian")
     for x2 in (None, X2):
-        ref = reference if x2 is None else nx.kernels.ntk(
-            model, params, X1, x2, method="jacobian")
+        ref = (
+            reference
+            if x2 is None
+            else nx.kernels.ntk(model, params, X1, x2, method="jacobian")
+        )
         got = nx.kernels.ntk(model, params, X1, x2, method="structured")
         assert got.shape == ref.shape
         err = _rel_err(got, ref)
@@ -106,8 +109,13 @@ def _mc_ntk(model, x, n_samples):
 )
 def test_monte_carlo_mean_matches_infinite_width(activation, depth, b_std):
     x = np.asarray(X1[:5])
-    model = nx.models.MLP(width=WIDTH, depth=depth, activation=activation,
-                          w_std=1.5 if activation == "erf" else 2**0.5, b_std=b_std)
+    model = nx.models.MLP(
+        width=WIDTH,
+        depth=depth,
+        activation=activation,
+        w_std=1.5 if activation == "erf" else 2**0.5,
+        b_std=b_std,
+    )
     samples = _mc_ntk(model, x, N_SAMPLES)
     mean = samples.mean(axis=0)
     stderr = samples.std(axis=0, ddof=1) / np.sqrt(N_SAMPLES)

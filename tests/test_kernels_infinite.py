@@ -23,11 +23,22 @@ def _reference_model(case: dict):
     h = case["hyperparameters"]
     if case["name"].startswith("resnet"):
         # input Dense, blocks h + Dense(ReLU(h)), readout straight after the blocks
-        return nx.models.ResNet(width=512, depth=h["n_blocks"], activation="relu",
-                                w_std=h["W_std"], b_std=h["b_std"], alpha=1.0)
+        return nx.models.ResNet(
+            width=512,
+            depth=h["n_blocks"],
+            activation="relu",
+            w_std=h["W_std"],
+            b_std=h["b_std"],
+            alpha=1.0,
+        )
     activation = h["nonlinearity"].split()[0]
-    return nx.models.MLP(width=512, depth=h["depth"], activation=activation,
-                         w_std=h["W_std"], b_std=h["b_std"])
+    return nx.models.MLP(
+        width=512,
+        depth=h["depth"],
+        activation=activation,
+        w_std=h["W_std"],
+        b_std=h["b_std"],
+    )
 
 
 MLP_CASES = [c for c in REFERENCE["cases"] if "mlp" in c["name"]]
@@ -40,8 +51,9 @@ def test_reference_values(case, kind):
     model = _reference_model(case)
     fn = nx.kernels.infinite_ntk if kind == "ntk" else nx.kernels.infinite_nngp
     expected = np.array(case[kind])
-    np.testing.assert_allclose(fn(model, X_REF), expected, rtol=1e-10, atol=0,
-                               err_msg=f"{case['name']} {kind}")
+    np.testing.assert_allclose(
+        fn(model, X_REF), expected, rtol=1e-10, atol=0, err_msg=f"{case['name']} {kind}"
+    )
 
 
 @pytest.mark.parametrize("case", MLP_CASES[:3] + OTHER_CASES, ids=lambda c: c["name"])
@@ -63,8 +75,12 @@ def test_relu_depth_one_closed_form():
     norms = np.linalg.norm(x, axis=1)
     t = np.arccos(np.clip(x @ x.T / np.outer(norms, norms), -1, 1))
     s1 = 2 * (x @ x.T) / d  # pre-activation covariance of the hidden layer
-    e_phiphi = 2 * np.outer(norms, norms) / d / (2 * np.pi) * (
-        np.sin(t) + (np.pi - t) * np.cos(t)
+    e_phiphi = (
+        2
+        * np.outer(norms, norms)
+        / d
+        / (2 * np.pi)
+        * (np.sin(t) + (np.pi - t) * np.cos(t))
     )
     nngp = 2 * e_phiphi
     ntk = nngp + 2 * s1 * (np.pi - t) / (2 * np.pi)
@@ -76,12 +92,14 @@ def test_identity_network_is_linear_kernel():
     """Identity activation, no bias: NNGP = w^{2(L+1)} x.x'/d, NTK = (L+1) NNGP."""
     x = X_REF[:6]
     depth, w = 3, 1.3
-    model = nx.models.MLP(width=4, depth=depth, activation="identity", w_std=w,
-                          b_std=0.0)
+    model = nx.models.MLP(
+        width=4, depth=depth, activation="identity", w_std=w, b_std=0.0
+    )
     nngp = w ** (2 * (depth + 1)) * (x @ x.T) / x.shape[1]
     np.testing.assert_allclose(nx.kernels.infinite_nngp(model, x), nngp, rtol=1e-13)
-    np.testing.assert_allclose(nx.kernels.infinite_ntk(model, x), (depth + 1) * nngp,
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+        nx.kernels.infinite_ntk(model, x), (depth + 1) * nngp, rtol=1e-13
+    )
 
 
 def test_float64_needs_x64_and_says_how():

@@ -1,4 +1,4 @@
-"""Dtype and precision checks shared by the library (no global flags are flipped here)."""
+"""Dtype checks shared by the library (which never flips a global JAX flag)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,11 @@ def as_array(x, dtype, name: str = "x") -> jax.Array:
     """Convert input data to a 2-d array of ``dtype``, checking its rank."""
     x = jnp.asarray(x, dtype=dtype)
     if x.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, D_in); got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have shape (N, D_in); got shape {tuple(x.shape)}"
+        )
     if x.shape[0] < 1:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); need at least 1 row")
+        raise ValueError(
+            f"{name} is empty (shape {tuple(x.shape)}); need at least 1 row"
+        )
     return x

@@ -48,11 +48,14 @@ def _params_dtype(params):
     return leaves[0].dtype
 
 
-def layer_factors(model, params, x: jax.Array) -> dict[tuple, tuple[jax.Array, jax.Array]]:
+def layer_factors(
+    model, params, x: jax.Array
+) -> dict[tuple, tuple[jax.Array, jax.Array]]:
     r"""Per dense layer, the scaled inputs and the backward vectors on ``x``.
 
     Returns a dict from the layer's module path (forward order) to ``(h, delta)`` with
-    ``h`` of shape ``(N, n_in [+1 with bias])`` and ``delta`` of shape ``(O, N, n_out)``,
+    ``h`` of shape ``(N, n_in [+1 with bias])`` and ``delta`` of shape
+    ``(O, N, n_out)``,
     such that the gradient of :math:`f_o(x_a)` with respect to that layer's
     parameters is ``outer(h[a], delta[o, a])``.
     """
@@ -80,9 +83,7 @@ def layer_factors(model, params, x: jax.Array) -> dict[tuple, tuple[jax.Array, j
 
     inputs = traverse_util.flatten_dict(inputs)
     deltas = traverse_util.flatten_dict(deltas)
-    return {
-        key[:-1]: (h, deltas[key[:-1] + ("z",)]) for key, (h,) in inputs.items()
-    }
+    return {key[:-1]: (h, deltas[key[:-1] + ("z",)]) for key, (h,) in inputs.items()}
 
 
 def _ntk_structured(model, params, x1, x2):
@@ -128,8 +129,9 @@ def _ntk(model, params, x1, x2, method, trace):
     return jnp.transpose(k, (2, 3, 0, 1))
 
 
-def ntk(model, params, x1, x2=None, method: Method = "structured", *,
-        trace: bool = False) -> jax.Array:
+def ntk(
+    model, params, x1, x2=None, method: Method = "structured", *, trace: bool = False
+) -> jax.Array:
     """Empirical NTK of ``model`` at ``params``.
 
     Args:

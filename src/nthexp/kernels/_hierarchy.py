@@ -177,8 +177,9 @@ class Plan:
     def describe(self) -> str:
         gib = 2.0**30
         return (
-            f"O{self.order} with N={self.n}: {self.n_chunks} chunk(s) of {self.chunk} on "
-            f"{self.n_devices} device(s); estimated peak {self.peak_bytes / gib:.3f} GiB "
+            f"O{self.order} with N={self.n}: {self.n_chunks} chunk(s) of {self.chunk} "
+            f"on {self.n_devices} device(s); estimated peak "
+            f"{self.peak_bytes / gib:.3f} GiB "
             f"(output {self.output_bytes / gib:.3f} GiB) of a "
             f"{self.budget_bytes / gib:.3f} GiB budget"
         )
@@ -216,8 +217,14 @@ def _item_bytes(order: int, n: int, p: int, widths: int, layers: int, itemsize: 
     return itemsize * (first if order == 3 else 3 * first)
 
 
-def plan(order: int, n: int, params, *, memory_budget: int | None = None,
-         n_items: int | None = None) -> Plan:
+def plan(
+    order: int,
+    n: int,
+    params,
+    *,
+    memory_budget: int | None = None,
+    n_items: int | None = None,
+) -> Plan:
     """Chunk size and peak-memory estimate for ``O3`` (``order=3``) or ``O4``.
 
     Raises :class:`MemoryPlanError` (before anything is compiled) when the output plus
@@ -251,9 +258,9 @@ def plan(order: int, n: int, params, *, memory_budget: int | None = None,
         raise MemoryPlanError(
             f"O{order} with N={n} needs at least {(out + rest) / gib:.2f} GiB (output "
             f"{out / gib:.2f} GiB) but memory_budget is {budget / gib:.2f} GiB; the "
-            f"largest N that fits is about {largest}. Options: raise kernel.memory_budget"
-            f", use fewer inputs, use dtype float32, or use o{order}_contract which "
-            f"never forms the tensor"
+            f"largest N that fits is about {largest}. Options: raise "
+            f"kernel.memory_budget, use fewer inputs, use dtype float32, or use "
+            f"o{order}_contract which never forms the tensor"
         )
     per_item = _item_bytes(order, n, p, widths, layers, itemsize)
     chunk = (budget - out - itemsize * (2 * p + 4 * n * widths)) // per_item
@@ -262,8 +269,9 @@ def plan(order: int, n: int, params, *, memory_budget: int | None = None,
     n_chunks = math.ceil(items / chunk)
     chunk = math.ceil(math.ceil(items / n_chunks) / n_dev) * n_dev  # balance chunks
     out, peak = need(n, chunk)
-    return Plan(order, n, chunk, n_chunks, out, chunk * per_item, out + peak, budget,
-                n_dev)
+    return Plan(
+        order, n, chunk, n_chunks, out, chunk * per_item, out + peak, budget, n_dev
+    )
 
 
 # ----------------------------------------------------------------------------------
@@ -293,8 +301,15 @@ def _sharded(*arrays):
     return tuple(jax.device_put(a, sharding) for a in arrays)
 
 
-def o3(model, params, x, method: Method = "structured", *,
-       memory_budget: int | None = None, chunk_size: int | None = None) -> jax.Array:
+def o3(
+    model,
+    params,
+    x,
+    method: Method = "structured",
+    *,
+    memory_budget: int | None = None,
+    chunk_size: int | None = None,
+) -> jax.Array:
     """Third kernel of the hierarchy on ``x``.
 
     Args:
@@ -321,8 +336,15 @@ def o3(model, params, x, method: Method = "structured", *,
     return jnp.moveaxis(jnp.concatenate(columns), 0, -1)
 
 
-def o4(model, params, x, method: Method = "structured", *,
-       memory_budget: int | None = None, chunk_size: int | None = None) -> jax.Array:
+def o4(
+    model,
+    params,
+    x,
+    method: Method = "structured",
+    *,
+    memory_budget: int | None = None,
+    chunk_size: int | None = None,
+) -> jax.Array:
     """Fourth kernel of the hierarchy on ``x``.
 
     Returns:
