@@ -103,6 +103,11 @@ def check_rows(x: np.ndarray, name: str) -> None:
     Raises ``ValueError`` naming the first non-finite row; warns (``UserWarning``)
     naming the duplicated rows, whose kernel rows are equal and make the NTK singular.
     """
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(
+            f"data.name={name!r}: x of shape {x.shape} is not allowed; must be a "
+            "non-empty (N, D_in) array"
+        )
     finite = np.all(np.isfinite(x), axis=1)
     if not np.all(finite):
         bad = np.flatnonzero(~finite)

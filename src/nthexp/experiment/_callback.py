@@ -142,4 +142,16 @@ class SweepCallback(Callback):
                 figures=report.figures,
             )
         if report.failed:
+            for rel, reason in report.failed:
+                overrides = _overrides(sweep_dir / rel)
+                sys.stderr.write(
+                    f"FAILED {rel} ({overrides}): {reason}; log: {sweep_dir / rel}\n"
+                )
             fail(f"{len(report.failed)} point(s) failed; see {report.markdown_path}", 1)
+
+
+def _overrides(run_dir: Path) -> str:
+    try:
+        return " ".join(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
+    except Exception:  # noqa: BLE001 - informative only
+        return "overrides unknown"

@@ -6,7 +6,15 @@ import os
 from pathlib import Path
 
 CONF_ENV = "NTHEXP_CONF_DIR"
-GROUPS = ("model", "data", "kernel", "analysis", "logger", "experiment")
+GROUPS = (
+    "model",
+    "data",
+    "kernel",
+    "analysis",
+    "dynamics",
+    "logger",
+    "experiment",
+)
 
 
 def find_conf_dir() -> Path:

@@ -19,6 +19,9 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 METRICS = "metrics.json"
 SPECTRA = "spectra.npz"
 ERROR = "error.txt"
+# Kernel stages saved while a point runs (resume after a requeue); see _task._Stages.
+STAGES = "stages.json"
+STAGES_DIR = "stages"
 RESULT_FILES = (RESOLVED_CONFIG, METRICS, SPECTRA)
 
 

@@ -29,6 +29,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 import nthexp as nx
+from nthexp.analysis._eig import DENSE_MAX_N
+from nthexp.experiment._depth_width import diag_metrics
 from nthexp.experiment._files import (
     ERROR,
     METRICS,
@@ -41,6 +43,7 @@ from nthexp.experiment._files import (
     write_npz_atomic,
     write_text_atomic,
 )
+from nthexp.experiment._late_time import late_time_metrics
 from nthexp.experiment._validate import build_model
 
 log = logging.getLogger(__name__)
@@ -129,6 +132,56 @@ def _check_finite(name: str, k: np.ndarray, hint: str) -> None:
         raise FloatingPointError(
             f"{name} has {bad} non-finite entries; {hint}; nothing was written"
         )
+
+
+#: A run is flagged ``precision_limited`` when its correction (rel_fro or rel_op) is
+#: below this factor times the round-off floor ``eps(dtype) * sqrt(N)``
+#: (docs/numerics.md: float32 K_emp and K_inf measured 1e-7..2e-7 relative to float64
+#: at widths 64..4096, under the floor 5.8e-7 at N = 24).
+PRECISION_LIMIT_FACTOR = 100.0
+
+#: Above this N, lambda_min is also estimated iteratively (nthexp.analysis.lambda_min)
+#: and compared with the dense value; the same threshold as lambda_min's "auto".
+LAMBDA_MIN_ITERATIVE_N = DENSE_MAX_N
+
+
+def precision_floor(dtype: str, n: int) -> float:
+    """Relative Frobenius round-off floor of an ``(n, n)`` kernel in ``dtype``."""
+    return float(np.finfo(np.dtype(dtype)).eps) * math.sqrt(n)
+
+
+def _precision_metrics(dtype: str, n: int, corr) -> dict:
+    floor = precision_floor(dtype, n)
+    smallest = min(corr.rel_fro, corr.rel_op)
+    return {
+        "precision_floor": floor,
+        "precision_limited": bool(smallest < PRECISION_LIMIT_FACTOR * floor),
+    }
+
+
+def _lambda_min_metrics(k_emp, k_inf, spec_emp, spec_inf) -> dict:
+    """``lambda_min_method``; above LAMBDA_MIN_ITERATIVE_N also the iterative
+    estimates, checked against the dense spectra (a log line when they disagree)."""
+    n = k_emp.shape[0]
+    if n <= LAMBDA_MIN_ITERATIVE_N:
+        return {"lambda_min_method": "dense"}
+    out = {}
+    for name, k, spec in (("emp", k_emp, spec_emp), ("inf", k_inf, spec_inf)):
+        est = nx.analysis.lambda_min(k, method="auto")
+        out[f"{name}_lambda_min_iterative"] = est.value
+        out[f"{name}_lambda_min_method"] = est.chain
+        gap = abs(est.value - spec.lambda_min)
+        if gap > 1e-8 * max(spec.lambda_max, 0.0) + spec.tol:
+            log.warning(
+                "%s lambda_min: iterative %.10g (%s) and dense %.10g differ by %.3g",
+                name,
+                est.value,
+                est.chain,
+                spec.lambda_min,
+                gap,
+            )
+    out["lambda_min_method"] = out["emp_lambda_min_method"]
+    return out
 
 
 def _computed_part(config: dict) -> dict:
@@ -289,10 +342,19 @@ def compute_point(
         )
         timing["hierarchy"] = time.perf_counter() - tic
 
+    late_time, late_time_arrays = {}, {}
+    if cfg.dynamics.enabled:
+        late_time, late_time_arrays, late_time_timing = late_time_metrics(
+            cfg, model, params, x, ds.y
+        )
+        timing.update(late_time_timing)
+
     tic = time.perf_counter()
     spec_emp = nx.analysis.spectrum(k_emp)
     spec_inf = nx.analysis.spectrum(k_inf)
     corr = nx.analysis.correction(k_emp, k_inf)
+    lambda_min_extra = _lambda_min_metrics(k_emp, k_inf, spec_emp, spec_inf)
+    diag, diag_arrays = diag_metrics(k_emp)
     timing["analysis"] = time.perf_counter() - tic
     timing["total"] = time.perf_counter() - t_start
 
@@ -301,11 +363,15 @@ def compute_point(
         **_scalars(spec_emp.to_dict(), "emp_"),
         **_scalars(spec_inf.to_dict(), "inf_"),
         **hierarchy,
+        **late_time,
+        **diag,
         "n_params": nx.models.param_count(params),
         "n": int(x.shape[0]),
         "d_in": int(x.shape[1]),
         "dtype": dtype,
         "matmul_precision": str(jax.config.jax_default_matmul_precision),
+        **lambda_min_extra,
+        **_precision_metrics(dtype, int(x.shape[0]), corr),
         **provenance(),
         "timing": timing,
     }
@@ -313,6 +379,8 @@ def compute_point(
         "emp": np.asarray(spec_emp.eigenvalues, dtype=np.float64),
         "inf": np.asarray(spec_inf.eigenvalues, dtype=np.float64),
         **hierarchy_spectra,
+        **late_time_arrays,
+        **diag_arrays,
     }
     return metrics, spectra
 

@@ -6,7 +6,7 @@ which the app prints as ``Error: ...`` on stderr before exiting non-zero.
 
 from __future__ import annotations
 
-from numbers import Integral
+from numbers import Integral, Real
 
 from omegaconf import DictConfig
 
@@ -32,6 +32,10 @@ def _is_int(value) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
 def _check_int(field: str, value, low: int) -> None:
     if not _is_int(value) or value < low:
         raise ConfigError(field, value, f"must be an integer >= {low}")
@@ -48,6 +52,10 @@ def validate(cfg: DictConfig) -> None:
     Cheap: it builds the model (no parameters) and checks the data arguments, but
     computes nothing.
     """
+    # the typed schema first: unknown keys, types and ranges of every field
+    from nthexp.experiment._schema import check_schema
+
+    check_schema(cfg)
     _check_int("seed", cfg.seed, 0)
 
     m = cfg.model
@@ -83,6 +91,9 @@ def validate(cfg: DictConfig) -> None:
             "defined for scalar outputs)"
         )
 
+    if cfg.dynamics.enabled:
+        _validate_dynamics(cfg)
+
     _check_choice("logger.name", cfg.logger.name, LOGGER_NAMES)
     _check_choice("logger.mode", cfg.logger.mode, WANDB_MODES)
 
@@ -90,6 +101,46 @@ def validate(cfg: DictConfig) -> None:
     # digits has 1797 points, ...); their messages are one line in the same form.
     build_model(cfg)
     check_data_args(cfg)
+
+
+def _validate_dynamics(cfg: DictConfig) -> None:
+    """The training stage (``dynamics=late_time``): nx.dynamics.train's arguments."""
+    dyn = cfg.dynamics
+    _check_choice("dynamics.optimizer", dyn.optimizer, nx.dynamics.OPTIMIZERS)
+    _check_choice("dynamics.solver", dyn.solver, nx.dynamics.SOLVERS)
+    _check_choice(
+        "dynamics.loss_normalization",
+        dyn.loss_normalization,
+        nx.dynamics.LOSS_NORMALIZATIONS,
+    )
+    _check_int("dynamics.n_eval", dyn.n_eval, 0)
+    if cfg.data.n - dyn.n_eval < 2:
+        raise ConfigError(
+            "dynamics.n_eval",
+            dyn.n_eval,
+            f"must leave >= 2 of data.n={cfg.data.n} points for training",
+        )
+    _check_int("dynamics.n_log", dyn.n_log, 2)
+    _check_int("dynamics.max_solver_steps", dyn.max_solver_steps, 1)
+    for name in ("t_max", "rtol", "atol"):
+        if not _is_number(dyn[name]) or dyn[name] <= 0:
+            raise ConfigError(f"dynamics.{name}", dyn[name], "must be a number > 0")
+    if not _is_number(dyn.tol) or dyn.tol < 0:
+        raise ConfigError("dynamics.tol", dyn.tol, "must be a number >= 0")
+    lr = dyn.learning_rate
+    if dyn.optimizer != "flow" and (not _is_number(lr) or lr <= 0):
+        raise ConfigError(
+            "dynamics.learning_rate",
+            lr,
+            f"must be a number > 0 with dynamics.optimizer={dyn.optimizer!r}",
+        )
+    if cfg.model.n_out != 1:
+        raise ConfigError(
+            "model.n_out",
+            cfg.model.n_out,
+            "must be 1 with dynamics.enabled=true "
+            "(the late-time predictions are for scalar outputs)",
+        )
 
 
 def build_model(cfg: DictConfig):

@@ -9,6 +9,7 @@ nthexp -m experiment=quickstart hydra.sweep.dir=multirun/<old>   # resume
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import traceback
@@ -25,6 +26,7 @@ from nthexp.experiment._callback import fail
 from nthexp.experiment._conf import GROUPS, find_conf_dir, group_options, sweep_id
 from nthexp.experiment._task import (
     RunMismatchError,
+    clear_stages,
     compute_point,
     configure_jax,
     existing_run_matches,
@@ -69,12 +71,20 @@ def run_point(cfg: DictConfig) -> dict | None:
     started = datetime.now(UTC).isoformat()
     tic = time.perf_counter()
     try:
-        metrics, spectra = compute_point(cfg)
+        metrics, spectra = compute_point(cfg, job_dir, job_num)
     except Exception as exc:
         write_error(job_dir, traceback.format_exc())
-        log.error("point %s failed: %s: %s", job_dir, type(exc).__name__, exc)
+        # the traceback also goes to the point's own log (<job dir>/<task>.log)
+        log.error(
+            "point %s failed: %s: %s", job_dir, type(exc).__name__, exc, exc_info=True
+        )
         if _progress.CURRENT is not None:
             _progress.CURRENT.point_done(job_num, None, "FAILED")
+        if multirun and os.environ.get("SUBMITIT_EXECUTOR") is not None:
+            # A submitit job (SLURM or local): re-raised, so that the job itself
+            # fails (sacct: FAILED); the launcher waits for the other points and
+            # the sweep callback then reports every failure.
+            raise
         if multirun:
             return None
         fail(f"{type(exc).__name__}: {exc} (traceback in {job_dir / 'error.txt'})", 1)
@@ -103,6 +113,7 @@ def run_point(cfg: DictConfig) -> dict | None:
     metrics["timing"]["started_at"] = started
     metrics["timing"]["finished_at"] = datetime.now(UTC).isoformat()
     write_point(job_dir, cfg, metrics, spectra)
+    clear_stages(job_dir)
 
     seconds = time.perf_counter() - tic
     note = f"done in {seconds:.2f}s: rel_fro={metrics.get('rel_fro', float('nan')):.4g}"

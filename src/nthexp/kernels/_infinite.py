@@ -1,6 +1,7 @@
 r"""Infinite-width NNGP and NTK kernels of nthexp's networks.
 
-Recursions (NTK parameterisation, Jacot et al. 2018, Theorem 1; Lee et al. 2019):
+Recursions (NTK parameterisation; Neal 1996, Lee et al. 2018 for the NNGP, Jacot et
+al. 2018, Theorem 1 for the NTK):
 
 * input: :math:`S_0 = x \cdot x' / D_{in}`, :math:`T_0 = 0`;
 * dense layer: :math:`S' = \sigma_w^2 \hat S + \sigma_b^2`,
@@ -10,37 +11,62 @@ Recursions (NTK parameterisation, Jacot et al. 2018, Theorem 1; Lee et al. 2019)
   :math:`S`.
 
 Standard parameterisation (the convention documented by neural-tangents): a dense
-layer of fan-in :math:`n` adds :math:`n \hat S + 1` (the ``1`` only with a bias) instead
-of :math:`\hat S`-times-:math:`\sigma_w^2` plus :math:`\sigma_b^2` to the NTK, so the
-result depends on the layer widths.
+layer of fan-in :math:`n` adds :math:`n \hat S + 1` (the ``1`` only with a bias)
+instead of :math:`\sigma_w^2 \hat S + \sigma_b^2` to the NTK, so the result depends
+on the layer widths (:math:`n = D_{in}` for the first layer, ``width`` after it).
 
 Residual blocks :math:`h \leftarrow h + \alpha\, \mathrm{branch}(h)` add the branch's
-kernels to the carried ones; for the one-layer branch (DESIGN.md section 2):
-:math:`S_l = S_{l-1} + \alpha^2(\sigma_w^2 E[\phi\phi] + \sigma_b^2)`,
-:math:`T_l = T_{l-1}(1 + \alpha^2 \sigma_w^2 E[\phi'\phi']) + \alpha^2(\sigma_w^2 E[\phi\phi]
-+ \sigma_b^2)`.
+kernels to the carried ones: the branch's last dense layer has fresh zero-mean weights,
+so the cross terms between skip and branch vanish at infinite width. For the one-layer
+branch (DESIGN.md section 2)
 
-Closed forms: ReLU uses the arc-cosine kernels of order 1 and 0 (Cho and Saul 2009);
-erf uses Williams (1996). Identity is exact. Other activations use Gauss-Hermite
-quadrature (``quadrature_nodes`` points per axis).
+.. math::
+   S_l = S_{l-1} + \alpha^2(\sigma_w^2 E[\phi\phi] + \sigma_b^2), \qquad
+   T_l = T_{l-1}(1 + \alpha^2 \sigma_w^2 E[\phi'\phi'])
+   + \alpha^2(\sigma_w^2 E[\phi\phi] + \sigma_b^2);
+
+a branch of ``branch_layers`` layers applies the MLP recursion ``branch_layers`` times
+to :math:`(S_{l-1}, T_{l-1})` and adds :math:`\alpha^2` times the result.
+
+Expectations: ReLU uses the arc-cosine kernels of order 1 and 0 (Cho and Saul 2009,
+eq. (6)); erf uses Williams (1996), eq. (11), and its derivative kernel
+:math:`E[\phi'\phi'] = (4/\pi)/\sqrt{(1+2k_{11})(1+2k_{22}) - 4k_{12}^2}`; identity
+is exact. tanh, gelu and softplus use a 2-d quadrature (:func:`gaussian_quadrature`,
+``quadrature_nodes`` points per axis, trapezoid rule by default).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nthexp._config import as_array, resolve_dtype
-from nthexp.models._modules import ACTIVATIONS, MLP, ResNet
+from nthexp.models._modules import ACTIVATIONS, MLP, ResNet, check_activation
 
-#: Gauss-Hermite nodes per axis for activations without a closed form. At 64 nodes
-#: the erf quadrature is within 1e-12 of the closed form for variances up to 1; the
-#: default is larger so that variances up to about 5 (deep nets, large w_std) stay
-#: below 1e-8 (see docs/models.md for the measured table).
+#: Nodes per axis of the 2-d quadrature for activations without a closed form
+#: (tanh, gelu, softplus). 128 keeps the error of every expectation below 1e-11 for
+#: pre-activation variances up to 5 (the largest in the reference cases, erf at
+#: ``w_std = 1.5``) and below 3e-8 up to 10; docs/models.md has the measured table.
 DEFAULT_QUADRATURE_NODES = 128
+
+QuadratureRule = Literal["trapezoid", "gauss_hermite"]
+QUADRATURE_RULES = ("trapezoid", "gauss_hermite")
+
+#: The default rule; see :func:`gaussian_quadrature` for why it is not Gauss-Hermite.
+DEFAULT_QUADRATURE_RULE: QuadratureRule = "trapezoid"
+
+#: Half-width of the trapezoid rule's interval in units of the standard deviation.
+#: The Gaussian mass outside is 1.2e-15; beyond that the discretisation dominates, and
+#: a narrower interval (finer nodes) measured better than 9 at every variance above 1.
+TRAPEZOID_HALF_WIDTH = 8.0
+
+#: Work array per quadrature chunk: entries per chunk times nodes^2 stays near this,
+#: so a large kernel never materialises an (N1, N2, n, n) array (16 MiB in float64).
+_CHUNK_ELEMENTS = 2**21
 
 
 class _Cov(NamedTuple):
@@ -90,47 +116,155 @@ def _identity_pair(k11, k22, k12):
     return k12, jnp.ones_like(k12)
 
 
-def _quadrature_pair(activation: str, nodes: int):
-    """2-d Gauss-Hermite quadrature of E[phi(u)phi(v)] and E[phi'(u)phi'(v)]."""
+def _check_nodes(nodes) -> int:
+    if isinstance(nodes, bool) or not isinstance(nodes, (int, np.integer)) or nodes < 2:
+        raise ValueError(
+            f"quadrature_nodes={nodes!r} is not allowed; must be an integer >= 2"
+        )
+    return int(nodes)
+
+
+def gaussian_quadrature(n: int, rule: QuadratureRule = DEFAULT_QUADRATURE_RULE):
+    r"""Nodes ``z`` and weights ``w`` (both ``(n,)``, numpy float64) with
+    :math:`\sum_i w_i f(z_i) \approx E[f(Z)]`, :math:`Z \sim N(0, 1)`.
+
+    ``"gauss_hermite"``
+        Gauss-Hermite rule for the weight :math:`e^{-z^2/2}`: exact for polynomials of
+        degree below :math:`2n`. Its nodes spread to :math:`|z| \approx 2\sqrt{n}`,
+        far into the Gaussian tail, so their spacing near the origin is about
+        :math:`\pi/\sqrt{n}`.
+    ``"trapezoid"``
+        Equally spaced nodes on :math:`[-L, L]`, :math:`L` =
+        :data:`TRAPEZOID_HALF_WIDTH`, weights :math:`h\,e^{-z^2/2}/\sqrt{2\pi}`. For an
+        integrand analytic in a strip of half-width :math:`d` around the real axis
+        the error falls like :math:`e^{-2\pi d/h}` (Trefethen and Weideman 2014, "The
+        exponentially convergent trapezoidal rule", SIAM Review 56, Thm. 5.1), and
+        the spacing :math:`h = 2L/(n-1)` is about half Gauss-Hermite's.
+
+    With :math:`u = \sqrt{k} z` an activation varying on the scale 1 in :math:`u`
+    varies on the scale :math:`1/\sqrt{k}` in :math:`z`, so the error grows with the
+    pre-activation variance :math:`k`; the finer spacing is what matters there (for
+    tanh at ``n = 128``, :math:`k = 5`: 3e-12 against Gauss-Hermite's 6e-5, see
+    docs/models.md).
+
+    Both cost :math:`n^2` activation evaluations per kernel entry.
+    """
+    n = _check_nodes(n)
+    if rule == "gauss_hermite":
+        z, w = np.polynomial.hermite_e.hermegauss(n)  # weight exp(-z^2/2)
+        return z, w / np.sqrt(2 * np.pi)
+    if rule == "trapezoid":
+        z = np.linspace(-TRAPEZOID_HALF_WIDTH, TRAPEZOID_HALF_WIDTH, n)
+        h = z[1] - z[0]
+        return z, h * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+    raise ValueError(
+        f"quadrature_rule={rule!r} is unknown; allowed: {list(QUADRATURE_RULES)}"
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("activation",))
+def _quadrature_chunk(k11, k22, k12, z, w, *, activation: str):
+    r"""``(E[phi(u)phi(v)], E[phi'(u)phi'(v)])`` for ``(C,)`` covariance entries.
+
+    :math:`u = \sqrt{k_{11}}\, z_1`, :math:`v = \sqrt{k_{22}}(\rho z_1 +
+    \sqrt{1-\rho^2}\, z_2)`, :math:`\rho = k_{12}/\sqrt{k_{11}k_{22}}` (Cholesky factor
+    of the 2x2 covariance), then the tensor-product rule in :math:`(z_1, z_2)`; the
+    sum over :math:`z_2` is done first, so :math:`\phi(u)` costs ``n`` evaluations
+    per entry and :math:`\phi(v)` ``n^2``.
+    """
     phi = ACTIVATIONS[activation]
-    dphi = jax.vmap(jax.grad(phi))
-    z, w = np.polynomial.hermite_e.hermegauss(nodes)  # weight exp(-z^2/2)
-    w = w / np.sqrt(2 * np.pi)
+
+    def values_and_slopes(t):
+        return jax.jvp(phi, (t,), (jnp.ones_like(t),))
+
+    s1, s2 = jnp.sqrt(k11), jnp.sqrt(k22)
+    denom = jnp.where(s1 * s2 > 0, s1 * s2, 1.0)
+    rho = jnp.clip(k12 / denom, -1.0, 1.0)
+    rho_c = jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
+    u = s1[:, None] * z[None, :]  # (C, n): index i of z_1
+    v = s2[:, None, None] * (
+        rho[:, None, None] * z[None, :, None] + rho_c[:, None, None] * z[None, None, :]
+    )  # (C, n, n): indices i of z_1, j of z_2
+    pu, du = values_and_slopes(u)
+    pv, dv = values_and_slopes(v)
+    return (pu * (pv @ w)) @ w, (du * (dv @ w)) @ w
+
+
+def _quadrature_pair(activation: str, nodes: int, rule: QuadratureRule):
+    """E[phi(u)phi(v)] and E[phi'(u)phi'(v)] by :func:`gaussian_quadrature` in 2-d."""
+    z_np, w_np = gaussian_quadrature(nodes, rule)
+    chunk_max = max(1, _CHUNK_ELEMENTS // (nodes * nodes))
 
     def pair(k11, k22, k12):
+        shape = jnp.broadcast_shapes(k11.shape, k22.shape, k12.shape)
         dtype = k12.dtype
-        zz, ww = jnp.asarray(z, dtype), jnp.asarray(w, dtype)
-        # u = sqrt(k11) z1 ; v = rho sqrt(k22) z1 + sqrt(k22 (1 - rho^2)) z2
-        s1, s2 = jnp.sqrt(k11), jnp.sqrt(k22)
-        denom = jnp.where(s1 * s2 > 0, s1 * s2, 1.0)
-        rho = jnp.clip(k12 / denom, -1.0, 1.0)
-        rho_c = jnp.sqrt(jnp.maximum(1 - rho * rho, 0.0))
-        u = s1[..., None, None] * zz[:, None]  # (..., n, 1)
-        v = s2[..., None, None] * (rho[..., None, None] * zz[:, None]
-                                   + rho_c[..., None, None] * zz[None, :])
-        weights = ww[:, None] * ww[None, :]
-        f = lambda g, t: g(t.reshape(-1)).reshape(t.shape)  # noqa: E731
-        pu, pv = phi(u), f(phi, v)
-        du, dv = f(dphi, jnp.broadcast_to(u, v.shape)), f(dphi, v)
-        e_phiphi = jnp.sum(weights * pu * pv, axis=(-2, -1))
-        e_dphi = jnp.sum(weights * du * dv, axis=(-2, -1))
-        return e_phiphi, e_dphi
+        flat = [jnp.broadcast_to(k, shape).reshape(-1) for k in (k11, k22, k12)]
+        size = flat[0].shape[0]
+        # chunks of a power-of-two size: a handful of compilations per activation
+        # serve every kernel shape, and memory stays at chunk * nodes^2 per array
+        chunk = min(chunk_max, 1 << max(size - 1, 0).bit_length())
+        pad = -size % chunk
+        # padded entries are a unit-variance diagonal: finite, and dropped below
+        flat = [jnp.concatenate([f, jnp.ones((pad,), dtype)]) for f in flat]
+        z, w = jnp.asarray(z_np, dtype), jnp.asarray(w_np, dtype)
+        parts = [
+            _quadrature_chunk(
+                *(f[start : start + chunk] for f in flat), z, w, activation=activation
+            )
+            for start in range(0, size + pad, chunk)
+        ]
+        e_phiphi = jnp.concatenate([p[0] for p in parts])[:size]
+        e_dphi = jnp.concatenate([p[1] for p in parts])[:size]
+        return e_phiphi.reshape(shape), e_dphi.reshape(shape)
 
     return pair
 
 
-def _expectations(activation: str, nodes: int):
+def _expectations(activation: str, nodes, rule: QuadratureRule):
+    """The pair function of ``activation``: closed form where one exists."""
+    _check_nodes(nodes)
+    if rule not in QUADRATURE_RULES:
+        raise ValueError(
+            f"quadrature_rule={rule!r} is unknown; allowed: {list(QUADRATURE_RULES)}"
+        )
     if activation == "relu":
         return _relu_pair
     if activation == "erf":
         return _erf_pair
     if activation == "identity":
         return _identity_pair
-    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 2:
-        raise ValueError(
-            f"quadrature_nodes={nodes!r} is not allowed; must be an integer >= 2"
-        )
-    return _quadrature_pair(activation, nodes)
+    return _quadrature_pair(activation, int(nodes), rule)
+
+
+def gaussian_expectations(
+    activation: str,
+    k11,
+    k22,
+    k12,
+    *,
+    quadrature_nodes: int = DEFAULT_QUADRATURE_NODES,
+    quadrature_rule: QuadratureRule = DEFAULT_QUADRATURE_RULE,
+    closed_form: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+    r""":math:`(E[\phi(u)\phi(v)],\ E[\phi'(u)\phi'(v)])` for
+    :math:`(u, v) \sim N(0, [[k_{11}, k_{12}], [k_{12}, k_{22}]])`.
+
+    ``k11``, ``k22``, ``k12`` are broadcast together (float arrays; ``k12^2 <= k11
+    k22``); both results have the broadcast shape. ``closed_form=False`` uses the
+    quadrature even for relu, erf and identity (to measure its accuracy, as in
+    docs/models.md).
+    """
+    check_activation(activation)
+    k11, k22, k12 = (
+        jnp.asarray(k, dtype=jnp.result_type(float)) for k in (k11, k22, k12)
+    )
+    if closed_form:
+        pair = _expectations(activation, quadrature_nodes, quadrature_rule)
+    else:
+        _expectations(activation, quadrature_nodes, quadrature_rule)  # validation
+        pair = _quadrature_pair(activation, int(quadrature_nodes), quadrature_rule)
+    shape = jnp.broadcast_shapes(k11.shape, k22.shape, k12.shape)
+    return pair(*(jnp.broadcast_to(k, shape) for k in (k11, k22, k12)))
 
 
 def _activation(pair, s: _Cov, t: _Cov | None) -> tuple[_Cov, _Cov | None]:
@@ -159,13 +293,13 @@ def _dense(s_hat: _Cov, t_hat: _Cov | None, w_std, b_std, use_bias, param, fan_i
     return s, t
 
 
-def _kernels(model, x1, x2, get_ntk: bool, quadrature_nodes: int):
+def _kernels(model, x1, x2, get_ntk: bool, nodes: int, rule: QuadratureRule):
     if not isinstance(model, (MLP, ResNet)):
         raise NotImplementedError(
             f"infinite-width kernels are implemented for MLP and ResNet, not "
             f"{type(model).__name__}"
         )
-    pair = _expectations(model.activation, quadrature_nodes)
+    pair = _expectations(model.activation, nodes, rule)
     d_in = x1.shape[1]
     # All three blocks come from one Gram matrix of the stacked inputs, so that a pair
     # of identical inputs gets bit-identical k11, k22 and k12: the arc-cosine angle is
@@ -190,12 +324,13 @@ def _kernels(model, x1, x2, get_ntk: bool, quadrature_nodes: int):
         for _ in range(model.depth):
             bs, bt = s, t
             for _ in range(model.branch_layers):
-                bs, bt = _dense(*_activation(pair, bs, bt), w_std, b_std,
-                                fan_in=width, **dense)
+                bs, bt = _dense(
+                    *_activation(pair, bs, bt), w_std, b_std, fan_in=width, **dense
+                )
             s = _map(lambda a, b: a + alpha2 * b, s, bs)
             if get_ntk:
                 # the branch NTK carries T_{l-1} E[phi'phi'] (chain rule through the
-                # branch) plus the branch's own parameters; adding the skip gives T_{l-1}.
+                # branch) plus the branch's own parameters; the skip adds T_{l-1}.
                 t = _map(lambda a, b: a + alpha2 * b, t, bt)
         s_hat, t_hat, fan_in = s, t, width
     else:
@@ -224,30 +359,50 @@ def _prepare(model, x1, x2, dtype):
     return x1, x2
 
 
-def infinite_nngp(model, x1, x2=None, *, dtype="float64",
-                  quadrature_nodes: int = DEFAULT_QUADRATURE_NODES) -> jax.Array:
+def infinite_nngp(
+    model,
+    x1,
+    x2=None,
+    *,
+    dtype="float64",
+    quadrature_nodes: int = DEFAULT_QUADRATURE_NODES,
+    quadrature_rule: QuadratureRule = DEFAULT_QUADRATURE_RULE,
+) -> jax.Array:
     """Infinite-width NNGP kernel (output covariance) of ``model``.
 
     Returns ``k_12`` of shape ``(N1, N2)``, ``k_12[i, j] = K(x1[i], x2[j])``, the
     per-output kernel (the same for each of the ``n_out`` outputs).
+
+    ``quadrature_nodes`` (per axis) and ``quadrature_rule``
+    (:func:`gaussian_quadrature`) matter only for tanh, gelu and softplus; relu, erf
+    and identity are closed forms.
     """
     x1, x2 = _prepare(model, x1, x2, dtype)
-    return _jit_kernels(model, x1, x2, False, quadrature_nodes)[0]
+    return _jit_kernels(model, x1, x2, False, quadrature_nodes, quadrature_rule)[0]
 
 
-def infinite_ntk(model, x1, x2=None, *, dtype="float64",
-                 quadrature_nodes: int = DEFAULT_QUADRATURE_NODES) -> jax.Array:
+def infinite_ntk(
+    model,
+    x1,
+    x2=None,
+    *,
+    dtype="float64",
+    quadrature_nodes: int = DEFAULT_QUADRATURE_NODES,
+    quadrature_rule: QuadratureRule = DEFAULT_QUADRATURE_RULE,
+) -> jax.Array:
     """Infinite-width NTK of ``model``.
 
-    Returns ``ntk_12`` of shape ``(N1, N2)``, ``ntk_12[i, j] = Theta(x1[i], x2[j])``, the
-    per-output kernel; on ``n_out`` outputs the full limit is ``ntk_12 (x) I_O``.
+    Returns ``ntk_12`` of shape ``(N1, N2)``, ``ntk_12[i, j] = Theta(x1[i], x2[j])``,
+    the per-output kernel; on ``n_out`` outputs the full limit is ``ntk_12 (x) I_O``. In
+    standard parameterisation it depends on ``model.width`` (neural-tangents'
+    convention, see the module docstring).
+
+    ``quadrature_nodes`` and ``quadrature_rule`` as in :func:`infinite_nngp`.
     """
     x1, x2 = _prepare(model, x1, x2, dtype)
-    return _jit_kernels(model, x1, x2, True, quadrature_nodes)[1]
+    return _jit_kernels(model, x1, x2, True, quadrature_nodes, quadrature_rule)[1]
 
 
 # Not jitted: the recursion is a few elementwise ops per layer on (N1, N2) arrays, which
 # run faster eagerly than a fresh compilation per model (every sweep point has one).
 _jit_kernels = _kernels
-
-

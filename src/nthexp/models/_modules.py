@@ -21,6 +21,7 @@ Parameterisations (weights and biases are called ``weight`` and ``bias``):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -28,6 +29,7 @@ from typing import Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import erf
 
 Parameterization = Literal["ntk", "standard"]
@@ -44,25 +46,67 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 ALPHA_RULES = ("1", "1/sqrt(depth)", "1/depth")
 
+#: Points where a registered activation's derivative must be finite: the NTK needs
+#: :math:`\phi'` (the kink of relu at 0 gets JAX's one-sided value 0, which is fine
+#: because a kink has Gaussian measure zero; an infinite or missing slope is not).
+DERIVATIVE_PROBES = (-3.0, 0.0, 3.0)
+
+
+@functools.cache
+def _derivative_problem(name: str, phi: Callable) -> str | None:
+    """Why ``phi`` has no derivative usable by the NTK, or None (cached)."""
+    try:
+        with jax.ensure_compile_time_eval():
+            t = jnp.asarray(DERIVATIVE_PROBES)
+            slopes = np.asarray(jax.vmap(jax.grad(phi))(t))
+    except Exception as exc:  # any failure of autodiff means "no derivative"
+        return f"jax.grad of it fails ({type(exc).__name__})"
+    bad = [
+        f"{d} at u={p:g}"
+        for p, d in zip(DERIVATIVE_PROBES, slopes, strict=True)
+        if not np.isfinite(d)
+    ]
+    return f"its derivative is {', '.join(bad)}" if bad else None
+
+
+def check_activation(name) -> None:
+    """Raise ``ValueError`` unless ``name`` is registered with a finite derivative."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(
+            f"activation={name!r} is unknown; allowed: {sorted(ACTIVATIONS)}"
+        )
+    problem = _derivative_problem(name, ACTIVATIONS[name])
+    if problem is not None:
+        usable = sorted(
+            a for a, f in ACTIVATIONS.items() if _derivative_problem(a, f) is None
+        )
+        raise ValueError(
+            f"activation={name!r} is not allowed for the NTK, which needs a finite "
+            f"derivative, and {problem}; allowed: {usable}"
+        )
+
 
 def _check_int(name: str, value, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} is not allowed; must be an integer >= {low}")
+        raise ValueError(
+            f"{name}={value!r} is not allowed; must be an integer >= {low}"
+        )
 
 
 def _check_std(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name}={value!r} is not allowed; must be a finite number >= 0")
+        raise ValueError(
+            f"{name}={value!r} is not allowed; must be a finite number >= 0"
+        )
     if not math.isfinite(value):
-        raise ValueError(f"{name}={value!r} is not allowed; must be a finite number >= 0")
+        raise ValueError(
+            f"{name}={value!r} is not allowed; must be a finite number >= 0"
+        )
 
 
 def _check_common(m) -> None:
     _check_int("width", m.width, 1)
-    if m.activation not in ACTIVATIONS:
-        raise ValueError(
-            f"activation={m.activation!r} is unknown; allowed: {sorted(ACTIVATIONS)}"
-        )
+    check_activation(m.activation)
     if m.parameterization not in PARAMETERIZATIONS:
         raise ValueError(
             f"parameterization={m.parameterization!r} is unknown; "
@@ -78,7 +122,7 @@ def _check_common(m) -> None:
 
 
 class NTKDense(nn.Module):
-    """Dense layer ``(..., n_in) -> (..., features)`` in NTK or standard parameterisation."""
+    """Dense layer ``(..., n_in) -> (..., features)`` (NTK or standard param.)."""
 
     features: int
     w_std: float
@@ -87,7 +131,7 @@ class NTKDense(nn.Module):
     use_bias: bool = True
 
     def scales(self, fan_in: int) -> tuple[float, float]:
-        """Factors ``(s_w, s_b)`` multiplying ``h @ weight`` and ``bias`` in the forward pass."""
+        """Factors ``(s_w, s_b)`` of ``h @ weight`` and ``bias`` in the forward pass."""
         if self.parameterization == "ntk":
             return self.w_std / math.sqrt(fan_in), self.b_std
         return 1.0, 1.0
@@ -166,7 +210,8 @@ class ResNet(MLP):
     :math:`h \leftarrow h + \alpha\, \mathrm{branch}(h)` with
     ``branch = activation -> Dense(width)`` (repeated ``branch_layers`` times), and a
     dense readout applied directly to the last block's output (no activation before it).
-    ``alpha`` is a number or one of the rules ``"1"``, ``"1/sqrt(depth)"``, ``"1/depth"``.
+    ``alpha`` is a number or one of the rules ``"1"``, ``"1/sqrt(depth)"``,
+    ``"1/depth"``.
     """
 
     alpha: float | str = 1.0
@@ -174,7 +219,16 @@ class ResNet(MLP):
 
     def __post_init__(self):
         _check_common(self)
-        _check_int("depth", self.depth, 1)
+        if (
+            isinstance(self.depth, bool)
+            or not isinstance(self.depth, int)
+            or self.depth < 1
+        ):
+            raise ValueError(
+                f"depth={self.depth!r} is not allowed for a ResNet (depth counts its "
+                f"residual blocks; an MLP with depth=0 is the linear model); "
+                f"must be an integer >= 1"
+            )
         _check_int("branch_layers", self.branch_layers, 1)
         _ = self.alpha_value
         nn.Module.__post_init__(self)

@@ -20,8 +20,10 @@ from nthexp.experiment._files import (
     write_text_atomic,
 )
 from nthexp.report._collect import SweepRuns, collect
+from nthexp.report._depth_width import depth_width_fit, depth_width_markdown
 from nthexp.report._figures import HIERARCHY_RESPONSES, make_figures
 from nthexp.report._fits import DEPTH, WIDTH, fit_table
+from nthexp.report._late_time import late_time_fits, late_time_markdown
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,22 @@ def _provenance(table: pd.DataFrame) -> dict[str, list]:
     return out
 
 
+def _precision_lines(table: pd.DataFrame) -> list[str]:
+    """The runs flagged ``precision_limited`` (docs/numerics.md), with their dtype."""
+    if table.empty or "precision_limited" not in table.columns:
+        return []
+    flagged = table[table["precision_limited"].fillna(False).astype(bool)]
+    if flagged.empty:
+        return ["Precision-limited runs: none.", ""]
+    names = [f"`{r['run_dir']}` ({r.get('dtype', '?')})" for _, r in flagged.iterrows()]
+    return [
+        f"Precision-limited runs ({len(names)}; correction within "
+        "100x of the round-off floor eps*sqrt(N), not to be trusted): "
+        + ", ".join(names),
+        "",
+    ]
+
+
 def _markdown(runs: SweepRuns, fits: dict, figures: list[Path], sweep_dir: Path) -> str:
     md = [f"# nthexp sweep report: `{sweep_dir.name}`", ""]
     md += ["## Command", ""]
@@ -162,6 +180,7 @@ def _markdown(runs: SweepRuns, fits: dict, figures: list[Path], sweep_dir: Path)
     md += ["", f"Sweep dir: `{sweep_dir}`", ""]
 
     md += ["## Runs", "", _census(runs) + ".", ""]
+    md += _precision_lines(runs.table)
     for title, items in (
         (
             "Missing (no metrics.json, no error recorded)",
@@ -220,6 +239,9 @@ def _markdown(runs: SweepRuns, fits: dict, figures: list[Path], sweep_dir: Path)
             md.append(sub.get("error", "No fit."))
         md.append("")
 
+    md += late_time_markdown(runs.table, fits.get("late_time", {}))
+    md += depth_width_markdown(fits.get("depth_width_ratio"))
+
     if figures:
         md += ["## Figures", ""]
         md += [f"![{p.stem}](figures/{p.name})" for p in figures]
@@ -259,6 +281,12 @@ def build_report(sweep_dir: str | Path, analysis: dict | None = None) -> Report:
         }
         if hierarchy:
             fits["hierarchy"] = hierarchy
+        late_time = late_time_fits(table, settings)
+        if late_time:
+            fits["late_time"] = late_time
+        depth_width = depth_width_fit(runs, float(settings["level"]))
+        if depth_width is not None:
+            fits["depth_width_ratio"] = depth_width
     fits_path = sweep_dir / "fits.json"
     write_json_atomic(fits_path, json.loads(json.dumps(fits, default=str)))
 

@@ -15,7 +15,9 @@ import pandas as pd  # noqa: E402
 
 from nthexp.experiment._files import write_bytes_atomic  # noqa: E402
 from nthexp.report._collect import SweepRuns  # noqa: E402
+from nthexp.report._depth_width import depth_width_figure  # noqa: E402
 from nthexp.report._fits import DEPTH, SEED, WIDTH  # noqa: E402
+from nthexp.report._late_time import late_time_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -155,4 +157,9 @@ def make_figures(runs: SweepRuns, fits: dict, out_dir: Path) -> list[Path]:
                 out_dir / "rel_op_vs_width.png",
             )
         )
+    late_time = late_time_figure(table, fits.get("late_time", {}), out_dir)
+    if late_time is not None:
+        paths.append(_save(*late_time))
+    if fits.get("depth_width_ratio") is not None:
+        paths.append(_save(*depth_width_figure(fits["depth_width_ratio"], out_dir)))
     return paths
