@@ -149,6 +149,8 @@ FIELDS = {
     "kernel.dtype": Choice(DTYPES),
     "kernel.matmul_precision": Choice(MATMUL_PRECISIONS),
     "kernel.memory_budget": Int(1, optional=True),
+    "kernel.quadrature_nodes": Int(2),
+    "kernel.quadrature_rule": Choice(tuple(nx.kernels.QUADRATURE_RULES)),
     "analysis.response": Str(),
     "analysis.level": Float(low=0.0, low_open=True, high=1.0, high_open=True),
     "analysis.max_depth_over_width": Float(low=0.0, low_open=True),

@@ -315,6 +315,10 @@ def compute_point(
     def empirical():
         k = nx.kernels.ntk(model, params, x, method=cfg.kernel.method)
         k = np.asarray(jax.block_until_ready(k), dtype=np.float64)
+        if k.ndim == 4:
+            # n_out > 1: K_inf is K (x) I_O, so K_emp is reduced to the mean of its
+            # diagonal output blocks; output_offdiag_rel reports the rest.
+            k = np.asarray(nx.kernels.reduce_outputs(k)[0], dtype=np.float64)
         _check_finite(
             "K_emp",
             k,
@@ -325,7 +329,13 @@ def compute_point(
     k_emp = stages.run("ntk", timing, empirical)
 
     def infinite():
-        k = nx.kernels.infinite_ntk(model, x, dtype=dtype)
+        k = nx.kernels.infinite_ntk(
+            model,
+            x,
+            dtype=dtype,
+            quadrature_nodes=cfg.kernel.quadrature_nodes,
+            quadrature_rule=cfg.kernel.quadrature_rule,
+        )
         k = np.asarray(jax.block_until_ready(k), dtype=np.float64)
         _check_finite(
             "K_inf", k, "the infinite-width recursion overflowed; lower model.w_std"
@@ -333,6 +343,14 @@ def compute_point(
         return k
 
     k_inf = stages.run("infinite", timing, infinite)
+
+    outputs = {}
+    if model.n_out > 1:
+        k_full = np.asarray(nx.kernels.ntk(model, params, x, method=cfg.kernel.method))
+        outputs = {
+            "output_reduction": "mean of the diagonal output blocks",
+            "output_offdiag_rel": float(nx.kernels.reduce_outputs(k_full)[1]),
+        }
 
     hierarchy, hierarchy_spectra = {}, {}
     if cfg.kernel.order >= 3:
@@ -363,6 +381,7 @@ def compute_point(
         **_scalars(spec_emp.to_dict(), "emp_"),
         **_scalars(spec_inf.to_dict(), "inf_"),
         **hierarchy,
+        **outputs,
         **late_time,
         **diag,
         "n_params": nx.models.param_count(params),

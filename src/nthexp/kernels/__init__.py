@@ -14,9 +14,14 @@ from nthexp.kernels._hierarchy import (
 )
 from nthexp.kernels._infinite import (
     DEFAULT_QUADRATURE_NODES,
+    DEFAULT_QUADRATURE_RULE,
+    QUADRATURE_RULES,
+    gaussian_expectations,
+    gaussian_quadrature,
     infinite_nngp,
     infinite_ntk,
 )
+from nthexp.kernels._multi import compare_outputs, expand_outputs, reduce_outputs
 
 __all__ = [
     "DEFAULT_MEMORY_FRACTION",
@@ -29,6 +34,13 @@ __all__ = [
     "o4_contract",
     "plan",
     "DEFAULT_QUADRATURE_NODES",
+    "DEFAULT_QUADRATURE_RULE",
+    "QUADRATURE_RULES",
+    "compare_outputs",
+    "expand_outputs",
+    "gaussian_expectations",
+    "gaussian_quadrature",
+    "reduce_outputs",
     "METHODS",
     "infinite_nngp",
     "infinite_ntk",
