@@ -178,7 +178,7 @@ def _relu_ntk(n: int) -> np.ndarray:
     theta = np.arccos(np.clip(s0 / norm, -1.0, 1.0))
     s_hat = norm * (np.sin(theta) + (np.pi - theta) * np.cos(theta)) / (2 * np.pi)
     k0 = (np.pi - theta) / (2 * np.pi)
-    ntk = 2 * s0 * k0 + 2 * s_hat
+    ntk = 4 * (s0 * k0 + s_hat)
     return 0.5 * (ntk + ntk.T)
 
 
@@ -384,7 +384,25 @@ APP_BAD = [
 ]
 
 
-def test_bad_config_through_the_app_writes_nothing(tmp_path):
+def test_app_bad_configs_and_a_float32_run(tmp_path):
+    """The bad configs and one good float32 run, all started at once: the float32
+    run records its dtype, matmul precision "highest" and the precision flag."""
+    good = tmp_path / "f32"
+    f32 = subprocess.Popen(
+        [
+            NTHEXP,
+            "kernel.dtype=float32",
+            "data.n=12",
+            "model.width=8",
+            "model.depth=1",
+            "logger=none",
+            f"hydra.run.dir={good}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     procs = []
     for i, (args, start) in enumerate(APP_BAD):
         out = tmp_path / f"case{i}"
@@ -403,30 +421,9 @@ def test_bad_config_through_the_app_writes_nothing(tmp_path):
         )
         assert [p for name in RESULT_FILES for p in out.rglob(name)] == [], args
 
-
-# ------------------------------------------------------------- float32 app run
-
-
-def test_float32_app_run_records_precision(tmp_path):
-    out = tmp_path / "f32"
-    res = subprocess.run(
-        [
-            NTHEXP,
-            "kernel.dtype=float32",
-            "data.n=12",
-            "model.width=8",
-            "model.depth=1",
-            "logger=none",
-            f"hydra.run.dir={out}",
-        ],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=300,
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
+    _, stderr = f32.communicate(timeout=300)
+    assert f32.returncode == 0, stderr[-3000:]
+    metrics = json.loads((good / "metrics.json").read_text())
     assert metrics["dtype"] == "float32"
     assert metrics["matmul_precision"] == "highest"
     assert metrics["precision_floor"] == pytest.approx(EPS32 * math.sqrt(12))
@@ -479,49 +476,54 @@ def _check_no_partial_results(sweep_dir: Path) -> int:
     return complete
 
 
-def _sigkill_runs(tmp_path: Path, n_procs: int, budget_s: float) -> list[tuple]:
-    rng = np.random.default_rng(8)
-    moments = np.sort(rng.uniform(3.0, budget_s, size=n_procs))
+def _sigkill_runs(tmp_path: Path, n_procs: int, deadline_s: float) -> list[tuple]:
+    """``n_procs`` sweeps at once; each is killed a seeded random 0-4 s after its
+    first point completes (so that the kill lands while later points compute or
+    write), or at the deadline. Returns (delay, killed, complete runs) per sweep."""
+    delays = np.random.default_rng(8).uniform(0.0, 4.0, size=n_procs)
     procs = []
     for i in range(n_procs):
         sweep = tmp_path / f"kill{i}"
         cmd = [NTHEXP, *KILL_ARGS, "logger=none", f"hydra.sweep.dir={sweep}"]
-        procs.append(
-            (
-                sweep,
-                subprocess.Popen(
-                    cmd,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    env=_env(),
-                ),
-            )
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env()
         )
+        procs.append([sweep, proc, None])
     start = time.monotonic()
-    results = []
-    for (sweep, proc), moment in zip(procs, moments, strict=True):
-        time.sleep(max(0.0, moment - (time.monotonic() - start)))
-        killed = proc.poll() is None
-        if killed:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-        results.append((sweep, float(moment), killed, _check_no_partial_results(sweep)))
-    return results
+    while any(p[1].poll() is None for p in procs):
+        now = time.monotonic()
+        for i, entry in enumerate(procs):
+            sweep, proc, kill_at = entry
+            if proc.poll() is not None:
+                continue
+            if kill_at is None and any(sweep.glob("*/metrics.json")):
+                entry[2] = kill_at = now + delays[i]
+            if (kill_at is not None and now >= kill_at) or now - start > deadline_s:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=60)
+                entry[2] = -1.0
+        time.sleep(0.05)
+    return [
+        (float(delays[i]), kill_at == -1.0, _check_no_partial_results(sweep))
+        for i, (sweep, _, kill_at) in enumerate(procs)
+    ]
 
 
 def test_sigkill_leaves_no_partial_result(tmp_path):
-    results = _sigkill_runs(tmp_path, n_procs=6, budget_s=40.0)
-    print(
-        "SIGKILL (moment s, killed, complete runs):",
-        [(round(m, 1), k, c) for _, m, k, c in results],
-    )
-    assert any(killed for _, _, killed, _ in results)
+    # On a loaded 2-core machine a sweep may not finish a point within the deadline;
+    # then the kill lands in start-up or the first point (still checked, but the
+    # write window is covered by the slow variant below).
+    results = _sigkill_runs(tmp_path, n_procs=2, deadline_s=45.0)
+    print("SIGKILL (delay s, killed, complete runs):", results)
+    assert any(killed for _, killed, _ in results)
 
 
 @pytest.mark.slow
 def test_sigkill_leaves_no_partial_result_many(tmp_path):
-    results = _sigkill_runs(tmp_path, n_procs=12, budget_s=90.0)
-    assert sum(c for *_, c in results) > 0, results
+    results = _sigkill_runs(tmp_path, n_procs=6, deadline_s=300.0)
+    print("SIGKILL (delay s, killed, complete runs):", results)
+    assert sum(killed for _, killed, _ in results) >= 4, results
+    assert sum(complete for *_, complete in results) >= 1, results
 
 
 # ------------------------------------------------------------- infinite width
