@@ -106,9 +106,16 @@ def _relu_pair(k11, k22, k12):
 
 def _erf_pair(k11, k22, k12):
     """Williams (1996), eq. (11), and its derivative kernel."""
-    d = (1 + 2 * k11) * (1 + 2 * k22)
-    e_phiphi = (2 / jnp.pi) * jnp.arcsin(jnp.clip(2 * k12 / jnp.sqrt(d), -1.0, 1.0))
-    e_dphi = (4 / jnp.pi) / jnp.sqrt(d - 4 * k12 * k12)
+    # Departs from the paper's form (1 + 2k11)(1 + 2k22) - 4k12^2, which overflows
+    # (inf - inf = NaN) at variances ~1e154: the square roots are taken apart, and
+    # the determinant k11 k22 - k12^2 is formed on entries divided by m >= 1.
+    m = jnp.maximum(jnp.maximum(k11, k22), 1.0)
+    a, b, c = k11 / m, k22 / m, k12 / m
+    rho = 2 * k12 / (jnp.sqrt(1 + 2 * k11) * jnp.sqrt(1 + 2 * k22))
+    e_phiphi = (2 / jnp.pi) * jnp.arcsin(jnp.clip(rho, -1.0, 1.0))
+    # (1 + 2k11)(1 + 2k22) - 4k12^2 = m^2 (1/m^2 + 2(a + b)/m + 4(ab - c^2))
+    rest = (1 / m + 2 * (a + b)) / m + 4 * jnp.maximum(a * b - c * c, 0.0)
+    e_dphi = (4 / jnp.pi) / (m * jnp.sqrt(rest))
     return e_phiphi, e_dphi
 
 
@@ -378,7 +385,8 @@ def infinite_nngp(
     and identity are closed forms.
     """
     x1, x2 = _prepare(model, x1, x2, dtype)
-    return _jit_kernels(model, x1, x2, False, quadrature_nodes, quadrature_rule)[0]
+    k = _jit_kernels(model, x1, x2, False, quadrature_nodes, quadrature_rule)[0]
+    return _check_overflow(k, model)
 
 
 def infinite_ntk(
@@ -400,7 +408,22 @@ def infinite_ntk(
     ``quadrature_nodes`` and ``quadrature_rule`` as in :func:`infinite_nngp`.
     """
     x1, x2 = _prepare(model, x1, x2, dtype)
-    return _jit_kernels(model, x1, x2, True, quadrature_nodes, quadrature_rule)[1]
+    k = _jit_kernels(model, x1, x2, True, quadrature_nodes, quadrature_rule)[1]
+    return _check_overflow(k, model)
+
+
+def _check_overflow(k, model):
+    """Raise a one-line error instead of returning a kernel with inf or NaN entries
+    (e.g. a depth-100 recursion with w_std = 3 on inputs of norm 1e150 exceeds the
+    float range); traced values pass through unchecked."""
+    if isinstance(k, jax.core.Tracer) or bool(jnp.all(jnp.isfinite(k))):
+        return k
+    bad = int(k.size - jnp.count_nonzero(jnp.isfinite(k)))
+    raise FloatingPointError(
+        f"the infinite-width kernel has {bad} non-finite entries (depth={model.depth}, "
+        f"w_std={model.w_std}, activation={model.activation!r}): the recursion left "
+        f"the {k.dtype} range; lower model.w_std or model.depth, or rescale the inputs"
+    )
 
 
 # Not jitted: the recursion is a few elementwise ops per layer on (N1, N2) arrays, which

@@ -24,6 +24,7 @@ from nthexp.report._depth_width import depth_width_fit, depth_width_markdown
 from nthexp.report._figures import HIERARCHY_RESPONSES, make_figures
 from nthexp.report._fits import DEPTH, WIDTH, fit_table
 from nthexp.report._late_time import late_time_fits, late_time_markdown
+from nthexp.report._scaling import study_fits, study_markdown
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,7 @@ def _markdown(runs: SweepRuns, fits: dict, figures: list[Path], sweep_dir: Path)
 
     md += late_time_markdown(runs.table, fits.get("late_time", {}))
     md += depth_width_markdown(fits.get("depth_width_ratio"))
+    md += study_markdown(fits)
 
     if figures:
         md += ["## Figures", ""]
@@ -287,6 +289,9 @@ def build_report(sweep_dir: str | Path, analysis: dict | None = None) -> Report:
         depth_width = depth_width_fit(runs, float(settings["level"]))
         if depth_width is not None:
             fits["depth_width_ratio"] = depth_width
+        fits.update(
+            study_fits(runs, settings["response"], float(settings["level"]))
+        )
     fits_path = sweep_dir / "fits.json"
     write_json_atomic(fits_path, json.loads(json.dumps(fits, default=str)))
 

@@ -153,6 +153,16 @@ def log_sweep(
         try:
             run.summary.update(_fit_summary(fits))
             run.log({f"figures/{p.stem}": wandb.Image(str(p)) for p in figures})
+            from nthexp.report._scaling import study_tables
+
+            tables = study_tables(fits)
+            if tables:
+                run.log(
+                    {
+                        f"tables/{k}": wandb.Table(dataframe=v.astype(object))
+                        for k, v in tables.items()
+                    }
+                )
         finally:
             run.finish()
 
@@ -176,6 +186,11 @@ def _fit_summary(fits: dict) -> dict:
     if joint is not None and "exponents" in joint:
         for factor, value in joint["exponents"].items():
             out[f"joint_exponent/{factor}"] = value
+    law = (fits.get("scaling_law") or {}).get("fit") or {}
+    for factor, value in law.get("exponents", {}).items():
+        out[f"scaling_law/{factor}"] = value
+    if fits.get("weyl"):
+        out["weyl/violations"] = fits["weyl"]["violations"]
     return out
 
 

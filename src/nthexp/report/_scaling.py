@@ -1,0 +1,441 @@
+r"""Report sections of the study presets (``conf/experiment/*_scaling.yaml``): the fitted
+law over the factors that vary, the spectra across the sweep, and Weyl's bound.
+
+``fits.json`` keys written here:
+
+- ``scaling_law``: ``{"factors": [...], "fit": fit_power_law(...).to_dict()}``, one
+  joint fit of the response against every factor among width, depth, N (``data.n``)
+  and D_in (``d_in``) that varies (depths >= 1), with its curvature check.
+- ``spectra``: ``{"depth_trends": [rows of nx.analysis.depth_trends], "outlier_bulk":
+  [per depth and kernel: lambda_max, bulk median, ratio]}`` when depth varies.
+- ``weyl``: run count, violations (observed ``lambda_min(K_emp)`` below the certified
+  bound by more than the round-off ``slack``: must be 0), runs certified (bound > 0),
+  smallest margin, and per-depth means.
+- ``bound_laws``: :class:`nthexp.analysis.BoundLaws` ``.to_dict()`` fitted on this sweep
+  when width and depth both vary (``nthexp-bound --laws fits.json`` reads it), and
+  ``bound_budget``: ``optimal_architecture(...).to_dict()`` at the budget of the largest
+  network of the sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import nthexp as nx  # noqa: E402
+from nthexp.report._collect import SweepRuns  # noqa: E402
+from nthexp.report._fits import DEPTH, SEED, WIDTH, jsonable  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+#: fit factor name -> table column (D_in is the measured input dimension: ``data.d_in``
+#: is null for digits).
+FACTOR_COLUMNS = {"width": WIDTH, "depth": DEPTH, "n": "data.n", "d_in": "d_in"}
+WEYL_FIGURE = "weyl_bound.png"
+
+
+def _factor_table(table: pd.DataFrame, response: str) -> tuple[pd.DataFrame, list[str]]:
+    cols = {f: c for f, c in FACTOR_COLUMNS.items() if c in table.columns}
+    if "d_in" not in cols and "data.d_in" in table.columns:
+        cols["d_in"] = "data.d_in"
+    t = pd.DataFrame({f: pd.to_numeric(table[c], errors="coerce") for f, c in cols.items()})
+    t[SEED] = table[SEED].to_numpy()
+    t[response] = pd.to_numeric(table[response], errors="coerce")
+    t = t[np.isfinite(t[response]) & (t[response] > 0)]
+    if "depth" in t:
+        t = t[t["depth"] >= 1]
+    varying = [f for f in cols if t[f].notna().all() and t[f].nunique() >= 2]
+    return t, varying
+
+
+def scaling_law(table: pd.DataFrame, response: str, level: float) -> dict | None:
+    """The joint fit over the varying factors (module doc), or None if none varies."""
+    if response not in table.columns or SEED not in table.columns:
+        return None
+    t, varying = _factor_table(table, response)
+    if not varying:
+        return None
+    try:
+        fit = nx.analysis.fit_power_law(
+            t, response, varying, seed_column=SEED, level=level
+        )
+    except ValueError as exc:
+        return {"factors": varying, "fit": {"error": str(exc)}}
+    return {"factors": varying, "fit": jsonable(fit.to_dict())}
+
+
+def _outlier_bulk(runs: SweepRuns) -> list[dict]:
+    table = runs.table
+    rows = []
+    for depth, group in table.groupby(DEPTH):
+        spectra = {"inf": [], "emp": []}
+        for run_dir in group["run_dir"]:
+            s = runs.spectra(run_dir)
+            if s is None:
+                continue
+            for kernel in spectra:
+                if kernel in s and np.size(s[kernel]) >= 2:
+                    spectra[kernel].append(np.asarray(s[kernel], dtype=np.float64))
+        for kernel, evs in spectra.items():
+            # Runs of one depth can differ in N: summarise each, then average.
+            ob = [nx.analysis.outlier_bulk(ev) for ev in evs if np.all(np.isfinite(ev))]
+            if not ob:
+                continue
+            rows.append(
+                {
+                    "depth": int(depth),
+                    "kernel": kernel,
+                    "runs": len(ob),
+                    "lambda_max": float(np.mean([o.lambda_max for o in ob])),
+                    "bulk_median": float(np.mean([o.bulk_median for o in ob])),
+                    "ratio": float(np.mean([o.ratio for o in ob])),
+                    "gap": float(np.mean([o.lambda_max - o.bulk_median for o in ob])),
+                }
+            )
+    return rows
+
+
+def spectra_summary(runs: SweepRuns, level: float) -> dict | None:
+    """Depth trends and outlier/bulk per depth, or None unless depth varies."""
+    table = runs.table
+    if DEPTH not in table.columns or table[DEPTH].nunique() < 2:
+        return None
+    try:
+        trends = nx.analysis.depth_trends(table, level=level).to_dict("records")
+    except ValueError as exc:
+        trends = [{"error": str(exc)}]
+    return jsonable({"depth_trends": trends, "outlier_bulk": _outlier_bulk(runs)})
+
+
+def _bound_laws(table: pd.DataFrame, level: float) -> dict | None:
+    """BoundLaws from this sweep: lambda_min(K_inf) = (aL + b)(N/N_ref)^m and
+    ||dK||_op = c width^p L^q (N/N_ref)^r, when width and depth both vary."""
+    need = {WIDTH, DEPTH, SEED, "op", "inf_lambda_min"}
+    if not need <= set(table.columns):
+        return None
+    t = table[table[DEPTH] >= 1]
+    if t[WIDTH].nunique() < 2 or t[DEPTH].nunique() < 2:
+        return None
+    n_col = "data.n" if "data.n" in t.columns else None
+    n_varies = n_col is not None and t[n_col].nunique() >= 2
+    n_ref = float(t[n_col].min()) if n_col is not None else 1.0
+    factors = ["width", "depth"] + (["n"] if n_varies else [])
+    ft = pd.DataFrame(
+        {
+            "width": t[WIDTH].astype(float),
+            "depth": t[DEPTH].astype(float),
+            "n": (t[n_col].astype(float) / n_ref) if n_col else 1.0,
+            SEED: t[SEED],
+            "op": t["op"].astype(float),
+            "lam": t["inf_lambda_min"].astype(float),
+        }
+    )
+    op = nx.analysis.fit_power_law(ft, "op", factors, seed_column=SEED, level=level)
+    m = 0.0
+    if n_varies:
+        lam_fit = nx.analysis.fit_power_law(
+            ft, "lam", ["depth", "n"], seed_column=SEED, level=level, curvature=False
+        )
+        m = float(lam_fit.exponents["n"])
+    scaled = ft["lam"] / ft["n"] ** m
+    slope, intercept = np.polyfit(ft["depth"], scaled, 1)
+    ranges = {
+        "width": (float(ft["width"].min()), float(ft["width"].max())),
+        "depth": (float(ft["depth"].min()), float(ft["depth"].max())),
+    }
+    if n_col is not None:
+        ranges["n"] = (float(t[n_col].min()), float(t[n_col].max()))
+    laws = nx.analysis.BoundLaws(
+        a=float(slope),
+        b=float(intercept),
+        m=m,
+        c=float(np.exp(op.intercept)),
+        p=float(op.exponents["width"]),
+        q=float(op.exponents["depth"]),
+        r=float(op.exponents.get("n", 0.0)),
+        n_ref=n_ref,
+        source="fitted by nthexp-report on this sweep",
+        ranges=ranges,
+    )
+    return laws.to_dict()
+
+
+def weyl_summary(table: pd.DataFrame, level: float) -> dict | None:
+    """Weyl's bound across the sweep (module doc), or None without the columns."""
+    try:
+        w = nx.analysis.weyl_table(table)
+    except ValueError:
+        return None
+    slack = table["slack"].to_numpy(float) if "slack" in table.columns else 0.0
+    w["violates"] = w["margin"].to_numpy(float) < -np.asarray(slack)
+    out: dict = {
+        "runs": int(len(w)),
+        "violations": int(w["violates"].sum()),
+        "certified": int(w["certifies"].sum()),
+        "min_margin": float(w["margin"].min()) if len(w) else None,
+    }
+    if DEPTH in w.columns:
+        per = w.groupby(DEPTH).agg(
+            bound=("weyl_bound", "mean"),
+            observed=("emp_lambda_min", "mean"),
+            margin_min=("margin", "min"),
+            certified=("certifies", "sum"),
+            runs=("margin", "size"),
+        )
+        out["by_depth"] = [
+            {"depth": int(d), **{k: float(v) for k, v in row.items()}}
+            for d, row in per.iterrows()
+        ]
+    out["violating_runs"] = [
+        str(r) for r in table.loc[w["violates"].to_numpy(), "run_dir"]
+    ] if "run_dir" in table.columns else []
+    return jsonable(out)
+
+
+def bound_fits(table: pd.DataFrame, level: float) -> tuple[dict | None, dict | None]:
+    """(``bound_laws``, ``bound_budget``) or Nones (module doc)."""
+    try:
+        laws_dict = _bound_laws(table, level)
+    except ValueError as exc:
+        log.warning("bound laws not fitted: %s", exc)
+        return None, None
+    if laws_dict is None:
+        return None, None
+    laws = nx.analysis.BoundLaws.from_dict(laws_dict)
+    budget = None
+    if "n_params" in table.columns:
+        try:
+            d_in = int(table["d_in"].max()) if "d_in" in table.columns else 1
+            n = int(table["data.n"].max()) if "data.n" in table.columns else 1
+            arch = nx.analysis.optimal_architecture(
+                int(table["n_params"].max()), d_in, n, laws
+            )
+            budget = jsonable(arch.to_dict())
+        except ValueError as exc:
+            budget = {"error": str(exc)}
+    return jsonable(laws_dict), budget
+
+
+def study_fits(runs: SweepRuns, response: str, level: float) -> dict:
+    """Every key of the module doc that applies to this sweep."""
+    table = runs.table
+    out = {}
+    law = scaling_law(table, response, level)
+    if law is not None:
+        out["scaling_law"] = law
+    spectra = spectra_summary(runs, level)
+    if spectra is not None:
+        out["spectra"] = spectra
+    weyl = weyl_summary(table, level)
+    if weyl is not None:
+        out["weyl"] = weyl
+    laws, budget = bound_fits(table, level)
+    if laws is not None:
+        out["bound_laws"] = laws
+        out["bound_budget"] = budget
+    return out
+
+
+# ------------------------------------------------------------------ tables
+
+
+def _f(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4g}"
+
+
+def scaling_rows(fits: dict) -> pd.DataFrame:
+    """Fitted-law table: one row per factor of ``fits["scaling_law"]``."""
+    law = fits.get("scaling_law")
+    cols = ["factor", "exponent", "low", "high", "r2", "range_min", "range_max", "curved"]
+    if not law or "exponents" not in law["fit"]:
+        return pd.DataFrame(columns=cols)
+    fit = law["fit"]
+    curv = fit.get("curvature") or {}
+    rows = []
+    for f in law["factors"]:
+        lo, hi = fit["interval"].get(f) or [None, None]
+        rmin, rmax = fit["ranges"].get(f) or [None, None]
+        rows.append(
+            [f, fit["exponents"][f], lo, hi, fit["r2"], rmin, rmax,
+             bool(curv.get("curved")) if curv.get("variable") == f else None]
+        )
+    return pd.DataFrame(rows, columns=cols)
+
+
+def study_tables(fits: dict) -> dict[str, pd.DataFrame]:
+    """The tables of the study sections, for wandb."""
+    out = {}
+    rows = scaling_rows(fits)
+    if not rows.empty:
+        out["scaling_law"] = rows
+    spectra = fits.get("spectra") or {}
+    trends = [r for r in spectra.get("depth_trends", []) if "error" not in r]
+    if trends:
+        out["depth_trends"] = pd.DataFrame(trends)
+    if spectra.get("outlier_bulk"):
+        out["outlier_bulk"] = pd.DataFrame(spectra["outlier_bulk"])
+    weyl = fits.get("weyl") or {}
+    if weyl.get("by_depth"):
+        out["weyl_by_depth"] = pd.DataFrame(weyl["by_depth"])
+    return out
+
+
+def study_markdown(fits: dict) -> list[str]:
+    """The markdown of the sections (empty when none applies)."""
+    md: list[str] = []
+    law = fits.get("scaling_law")
+    if law is not None:
+        md += ["## Fitted law over the varying factors", ""]
+        fit = law["fit"]
+        if "exponents" not in fit:
+            md += [f"Not fitted: {fit.get('error')}", ""]
+        else:
+            md.append(
+                f"Joint fit of log `{fit['response']}` on log "
+                + ", log ".join(law["factors"])
+                + f" ({fit['n_points']} runs, {fit['n_seeds']} seeds, intervals at "
+                f"level {fit['level']}, {fit['stderr_method']})."
+            )
+            md += ["", "| factor | exponent | interval | R^2 | fitted range | curved |",
+                   "|---|---|---|---|---|---|"]
+            for _, r in scaling_rows(fits).iterrows():
+                curved = "-" if r["curved"] is None else ("yes" if r["curved"] else "no")
+                md.append(
+                    f"| {r['factor']} | {_f(r['exponent'])} | [{_f(r['low'])}, "
+                    f"{_f(r['high'])}] | {_f(r['r2'])} | {_f(r['range_min'])}.."
+                    f"{_f(r['range_max'])} | {curved} |"
+                )
+            curv = fit.get("curvature")
+            md.append("")
+            if curv:
+                md.append(
+                    f"Curvature check (quadratic in log {curv['variable']}): "
+                    f"coefficient {_f(curv['coefficient'])}, interval "
+                    f"[{_f(curv['interval'][0])}, {_f(curv['interval'][1])}]: "
+                    + ("CURVED, a pure power law is rejected."
+                       if curv["curved"] else "consistent with a power law.")
+                )
+            else:
+                md.append(f"No curvature check: {fit.get('curvature_note')}")
+            md.append("")
+
+    spectra = fits.get("spectra")
+    if spectra is not None:
+        md += ["## Spectra across the sweep", ""]
+        trends = spectra.get("depth_trends", [])
+        if trends and "error" in trends[0]:
+            md += [f"No depth trends: {trends[0]['error']}", ""]
+        elif trends:
+            md += [
+                "Linear fits y = slope * depth + intercept of the per-depth means "
+                "(K_inf: over seeds and widths; K_emp: per width).",
+                "",
+                "| kernel | quantity | group | slope | interval | intercept | R^2 "
+                "| depths |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            std = {"kernel", "quantity", "slope", "slope_low", "slope_high",
+                   "intercept", "intercept_low", "intercept_high", "r2", "n_depths",
+                   "n_points", "depth_min", "depth_max"}
+            for r in trends:
+                group = ", ".join(f"{k}={v}" for k, v in r.items() if k not in std)
+                md.append(
+                    f"| {r['kernel']} | {r['quantity']} | {group or '-'} | "
+                    f"{_f(r['slope'])} | [{_f(r['slope_low'])}, {_f(r['slope_high'])}]"
+                    f" | {_f(r['intercept'])} | {_f(r['r2'])} | "
+                    f"{_f(r['depth_min'])}..{_f(r['depth_max'])} |"
+                )
+            md.append("")
+        ob = spectra.get("outlier_bulk", [])
+        if ob:
+            md += [
+                "Outlier versus bulk: ratio = largest eigenvalue / median of the "
+                "others, gap = their difference (means over runs); spectra in "
+                "`figures/spectra_by_depth.png`.",
+                "",
+                "| depth | kernel | runs | lambda_max | bulk median | ratio | gap |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            md += [
+                f"| {r['depth']} | {r['kernel']} | {r['runs']} | {_f(r['lambda_max'])}"
+                f" | {_f(r['bulk_median'])} | {_f(r['ratio'])} | {_f(r['gap'])} |"
+                for r in ob
+            ]
+            md.append("")
+
+    weyl = fits.get("weyl")
+    if weyl is not None:
+        md += ["## Weyl bound", ""]
+        md.append(
+            f"Certified bound lambda_min(K_inf) - ||K_emp - K_inf||_op against the "
+            f"observed lambda_min(K_emp) over {weyl['runs']} runs: "
+            f"**{weyl['violations']} violations**, {weyl['certified']} runs certified "
+            f"(bound > 0), smallest margin {_f(weyl['min_margin'])} "
+            f"(`figures/{WEYL_FIGURE}`)."
+        )
+        if weyl.get("violating_runs"):
+            md.append("Violating runs: " + ", ".join(f"`{r}`" for r in weyl["violating_runs"]))
+        md.append("")
+        if weyl.get("by_depth"):
+            md += ["| depth | runs | mean bound | mean observed | min margin | certified |",
+                   "|---|---|---|---|---|---|"]
+            md += [
+                f"| {r['depth']} | {int(r['runs'])} | {_f(r['bound'])} | "
+                f"{_f(r['observed'])} | {_f(r['margin_min'])} | {int(r['certified'])} |"
+                for r in weyl["by_depth"]
+            ]
+            md.append("")
+        laws = fits.get("bound_laws")
+        if laws is not None:
+            lam, op = laws["lambda_min_inf"], laws["op_norm"]
+            md.append(
+                f"Laws fitted on this sweep (`fits.json` key `bound_laws`; "
+                f"`nthexp-bound --laws fits.json`): lambda_min(K_inf) = "
+                f"({_f(lam['a'])} L + {_f(lam['b'])}) (N/{_f(laws['n_ref'])})^"
+                f"{_f(lam['m'])}, ||dK||_op = {_f(op['c'])} width^{_f(op['p'])} "
+                f"L^{_f(op['q'])} (N/{_f(laws['n_ref'])})^{_f(op['r'])}."
+            )
+            budget = fits.get("bound_budget")
+            if budget and "error" not in budget:
+                md.append(
+                    f"Budget: for P = {budget['budget']} parameters (the largest "
+                    f"network of the sweep), D_in = {budget['d_in']}, N = {budget['n']}"
+                    f", the certified bound is largest at width {budget['width']}, "
+                    f"depth {budget['depth']}: {_f(budget['bound'])}"
+                    + (" (extrapolated beyond the fitted ranges)."
+                       if budget["extrapolated"] else ".")
+                )
+            elif budget:
+                md.append(f"Budget: {budget['error']}")
+            md.append("")
+        else:
+            md += ["No bound laws: width and depth do not both vary.", ""]
+    return md
+
+
+def weyl_figure(table: pd.DataFrame, out_dir: Path):
+    """(figure, path) of the certified bound against the observed lambda_min(K_emp),
+    or None without the columns."""
+    if not {"weyl_bound", "emp_lambda_min"} <= set(table.columns):
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    groups = table.groupby(DEPTH) if DEPTH in table.columns else [("all", table)]
+    for i, (depth, g) in enumerate(groups):
+        ax.scatter(g["emp_lambda_min"], g["weyl_bound"], s=14, color=f"C{i % 10}",
+                   label=f"depth {depth}")
+    lo = float(min(table["weyl_bound"].min(), table["emp_lambda_min"].min()))
+    hi = float(max(table["weyl_bound"].max(), table["emp_lambda_min"].max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="bound = observed")
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_xlabel("observed lambda_min(K_emp)")
+    ax.set_ylabel("certified bound lambda_min(K_inf) - ||dK||_op")
+    ax.set_title("Weyl bound (every point must lie on or below the diagonal)")
+    ax.legend(fontsize=7)
+    return fig, out_dir / WEYL_FIGURE

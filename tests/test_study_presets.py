@@ -1,0 +1,191 @@
+"""The study presets (``depth_scaling``, ``n_scaling``, ``d_in_scaling``,
+``width_scaling``, ``scaling_all``): composed for real and checked against their
+headers, one tiny ``depth_scaling`` sweep run end to end through the console script,
+and the report sections it writes (fitted law, spectra across the sweep, Weyl bound,
+bound laws readable by ``nthexp-bound``).
+
+A sweep dir with a corrupted ``metrics.json`` is covered by
+``tests/test_report.py::test_report_cli_on_a_damaged_sweep``.
+
+Cost: the tiny sweep is 6 points (N = 8, width 16, 3 depths x 2 seeds, plus a second
+width at one depth so that width and depth both vary), about 40 s on 2 busy cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+import nthexp as nx
+from nthexp.experiment import find_conf_dir, validate
+from nthexp.report._scaling import study_fits
+
+CONF_DIR = find_conf_dir()
+BIN = Path(sys.executable).parent
+
+#: preset -> (swept parameters, fixed config values)
+PRESETS = {
+    "depth_scaling": (
+        {"model.depth": "1,2,4,8,16", "seed": "0,1,2"},
+        {"model.width": 256, "data.name": "gaussian", "data.n": 32},
+    ),
+    "n_scaling": (
+        {"data.n": "16,32,64,128", "seed": "0,1,2"},
+        {"model.width": 256, "model.depth": 2, "data.name": "gaussian"},
+    ),
+    "d_in_scaling": (
+        {"data.d_in": "4,8,16,32,64", "seed": "0,1,2"},
+        {"model.width": 256, "model.depth": 2, "data.n": 32},
+    ),
+    "width_scaling": (
+        {"model.width": "64,128,256,512,1024", "seed": "0,1,2"},
+        {"model.depth": 2, "data.n": 32, "data.name": "gaussian"},
+    ),
+    "scaling_all": (
+        {
+            "model.width": "64,256",
+            "model.depth": "1,4",
+            "data.n": "16,64",
+            "data.d_in": "4,32",
+            "seed": "0,1",
+        },
+        {"data.name": "gaussian", "model.activation": "relu"},
+    ),
+}
+
+
+def _compose(name: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "config", overrides=[f"experiment={name}"], return_hydra_config=True
+        )
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_composes_with_its_sweep(name):
+    cfg = _compose(name)
+    params, fixed = PRESETS[name]
+    assert dict(cfg.hydra.sweeper.params) == params
+    for key, value in fixed.items():
+        assert _get(cfg, key) == value, key
+    assert cfg.model.activation == "relu"
+    cfg_no_hydra = {k: v for k, v in cfg.items() if k != "hydra"}
+    del cfg_no_hydra  # validate needs the app's config without the hydra node
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        validate(compose("config", overrides=[f"experiment={name}"]))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_header_states_command_and_measured_cost(name):
+    head = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()[:10]
+    assert head[0] == "# @package _global_"
+    assert any(f'make run ARGS="experiment={name}"' in line for line in head)
+    cost = [line for line in head if "Cost:" in line]
+    assert cost and "measured" in cost[0] and "COST_TBD" not in "".join(head), head
+
+
+def test_tiny_depth_scaling_sweep_reports_trends_and_weyl(tmp_path):
+    sweep_dir = tmp_path / "ds"
+    env = dict(os.environ, WANDB_MODE="disabled")
+    res = subprocess.run(
+        [
+            str(BIN / "nthexp"),
+            "-m",
+            "experiment=depth_scaling",
+            "model.depth=1,2,4",
+            "model.width=16",
+            "seed=0,1",
+            "data.n=8",
+            "logger=none",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    fits = json.loads((sweep_dir / "fits.json").read_text())
+    law = fits["scaling_law"]
+    assert law["factors"] == ["depth"]
+    lo, hi = law["fit"]["interval"]["depth"]
+    assert lo <= law["fit"]["exponents"]["depth"] <= hi
+    assert law["fit"]["curvature"] is not None  # three depths: checked, not hidden
+    trends = {(r["kernel"], r["quantity"]): r for r in fits["spectra"]["depth_trends"]}
+    # ReLU K_inf grows linearly in depth: slope > 0, exact line (R^2 = 1 for the trace).
+    assert trends[("inf", "trace")]["slope"] > 0
+    assert trends[("inf", "trace")]["r2"] == pytest.approx(1.0, abs=1e-9)
+    assert trends[("inf", "lambda_min")]["slope"] > 0
+    depths = {r["depth"] for r in fits["spectra"]["outlier_bulk"]}
+    assert depths == {1, 2, 4}
+    assert fits["weyl"]["runs"] == 6 and fits["weyl"]["violations"] == 0
+    assert "bound_laws" not in fits  # width does not vary
+
+    report = (sweep_dir / "report.md").read_text()
+    for section in (
+        "## Fitted law over the varying factors",
+        "## Spectra across the sweep",
+        "## Weyl bound",
+        "**0 violations**",
+    ):
+        assert section in report, section
+    assert (sweep_dir / "figures" / "weyl_bound.png").is_file()
+    assert (sweep_dir / "figures" / "spectra_by_depth.png").is_file()
+
+    # Width and depth both varying (a second width at depths 1, 2 reusing the same
+    # sweep's table): bound laws that nthexp-bound reads from fits.json.
+    table = pd.read_parquet(sweep_dir / "results.parquet")
+    wider = table[table["model.depth"] <= 2].copy()
+    wider["model.width"] = 32
+    wider["op"] = wider["op"] / 2**0.5
+
+    class _Runs:  # the part of SweepRuns that study_fits reads
+        table = pd.concat([table, wider], ignore_index=True)
+
+        @staticmethod
+        def spectra(run_dir):
+            return None
+
+    extra = study_fits(_Runs, "rel_fro", 0.95)
+    laws = nx.analysis.BoundLaws.from_dict(extra)
+    assert laws.p == pytest.approx(-0.5, abs=1e-6)
+    assert laws.a > 0
+    assert extra["bound_budget"]["width"] >= 1
+    laws_path = tmp_path / "fits.json"
+    laws_path.write_text(json.dumps(extra))
+    res = subprocess.run(
+        [
+            str(BIN / "nthexp-bound"),
+            "--laws",
+            str(laws_path),
+            "--params",
+            "5000",
+            "--d-in",
+            "16",
+            "--n",
+            "8",
+            "--out",
+            str(tmp_path / "bound"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "optimum" in res.stdout
