@@ -83,6 +83,9 @@ def _vs_width(table: pd.DataFrame, response: str, fits: dict | None, title: str)
 
 def _spectra(runs: SweepRuns):
     table = runs.table
+    if "n" in table.columns and table["n"].nunique() > 1:
+        # Spectra of different N do not stack: draw those of the largest data set.
+        table = table[table["n"] == table["n"].max()]
     widest = table[WIDTH].max()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for i, (depth, group) in enumerate(table[table[WIDTH] == widest].groupby(DEPTH)):

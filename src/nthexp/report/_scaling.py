@@ -1,5 +1,5 @@
-r"""Report sections of the study presets (``conf/experiment/*_scaling.yaml``): the fitted
-law over the factors that vary, the spectra across the sweep, and Weyl's bound.
+r"""Report sections of the study presets (``conf/experiment/*_scaling.yaml``): the
+fitted law over the factors that vary, the spectra across the sweep, and Weyl's bound.
 
 ``fits.json`` keys written here:
 
@@ -45,7 +45,9 @@ def _factor_table(table: pd.DataFrame, response: str) -> tuple[pd.DataFrame, lis
     cols = {f: c for f, c in FACTOR_COLUMNS.items() if c in table.columns}
     if "d_in" not in cols and "data.d_in" in table.columns:
         cols["d_in"] = "data.d_in"
-    t = pd.DataFrame({f: pd.to_numeric(table[c], errors="coerce") for f, c in cols.items()})
+    t = pd.DataFrame(
+        {f: pd.to_numeric(table[c], errors="coerce") for f, c in cols.items()}
+    )
     t[SEED] = table[SEED].to_numpy()
     t[response] = pd.to_numeric(table[response], errors="coerce")
     t = t[np.isfinite(t[response]) & (t[response] > 0)]
@@ -164,7 +166,14 @@ def _bound_laws(table: pd.DataFrame, level: float) -> dict | None:
         source="fitted by nthexp-report on this sweep",
         ranges=ranges,
     )
-    return laws.to_dict()
+    out = laws.to_dict()
+    for col in ("d_in", "data.d_in"):
+        if col in t.columns and t[col].nunique() >= 2:
+            out["pooled"] = "D_in = " + ", ".join(
+                str(int(v)) for v in sorted(t[col].dropna().unique())
+            )
+            break
+    return out
 
 
 def weyl_summary(table: pd.DataFrame, level: float) -> dict | None:
@@ -193,9 +202,11 @@ def weyl_summary(table: pd.DataFrame, level: float) -> dict | None:
             {"depth": int(d), **{k: float(v) for k, v in row.items()}}
             for d, row in per.iterrows()
         ]
-    out["violating_runs"] = [
-        str(r) for r in table.loc[w["violates"].to_numpy(), "run_dir"]
-    ] if "run_dir" in table.columns else []
+    out["violating_runs"] = (
+        [str(r) for r in table.loc[w["violates"].to_numpy(), "run_dir"]]
+        if "run_dir" in table.columns
+        else []
+    )
     return jsonable(out)
 
 
@@ -247,13 +258,26 @@ def study_fits(runs: SweepRuns, response: str, level: float) -> dict:
 
 
 def _f(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4g}"
+    return (
+        "-"
+        if v is None or (isinstance(v, float) and not np.isfinite(v))
+        else f"{v:.4g}"
+    )
 
 
 def scaling_rows(fits: dict) -> pd.DataFrame:
     """Fitted-law table: one row per factor of ``fits["scaling_law"]``."""
     law = fits.get("scaling_law")
-    cols = ["factor", "exponent", "low", "high", "r2", "range_min", "range_max", "curved"]
+    cols = [
+        "factor",
+        "exponent",
+        "low",
+        "high",
+        "r2",
+        "range_min",
+        "range_max",
+        "curved",
+    ]
     if not law or "exponents" not in law["fit"]:
         return pd.DataFrame(columns=cols)
     fit = law["fit"]
@@ -263,8 +287,16 @@ def scaling_rows(fits: dict) -> pd.DataFrame:
         lo, hi = fit["interval"].get(f) or [None, None]
         rmin, rmax = fit["ranges"].get(f) or [None, None]
         rows.append(
-            [f, fit["exponents"][f], lo, hi, fit["r2"], rmin, rmax,
-             bool(curv.get("curved")) if curv.get("variable") == f else None]
+            [
+                f,
+                fit["exponents"][f],
+                lo,
+                hi,
+                fit["r2"],
+                rmin,
+                rmax,
+                bool(curv.get("curved")) if curv.get("variable") == f else None,
+            ]
         )
     return pd.DataFrame(rows, columns=cols)
 
@@ -303,10 +335,15 @@ def study_markdown(fits: dict) -> list[str]:
                 + f" ({fit['n_points']} runs, {fit['n_seeds']} seeds, intervals at "
                 f"level {fit['level']}, {fit['stderr_method']})."
             )
-            md += ["", "| factor | exponent | interval | R^2 | fitted range | curved |",
-                   "|---|---|---|---|---|---|"]
+            md += [
+                "",
+                "| factor | exponent | interval | R^2 | fitted range | curved |",
+                "|---|---|---|---|---|---|",
+            ]
             for _, r in scaling_rows(fits).iterrows():
-                curved = "-" if r["curved"] is None else ("yes" if r["curved"] else "no")
+                curved = (
+                    "-" if r["curved"] is None else ("yes" if r["curved"] else "no")
+                )
                 md.append(
                     f"| {r['factor']} | {_f(r['exponent'])} | [{_f(r['low'])}, "
                     f"{_f(r['high'])}] | {_f(r['r2'])} | {_f(r['range_min'])}.."
@@ -319,8 +356,11 @@ def study_markdown(fits: dict) -> list[str]:
                     f"Curvature check (quadratic in log {curv['variable']}): "
                     f"coefficient {_f(curv['coefficient'])}, interval "
                     f"[{_f(curv['interval'][0])}, {_f(curv['interval'][1])}]: "
-                    + ("CURVED, a pure power law is rejected."
-                       if curv["curved"] else "consistent with a power law.")
+                    + (
+                        "CURVED, a pure power law is rejected."
+                        if curv["curved"]
+                        else "consistent with a power law."
+                    )
                 )
             else:
                 md.append(f"No curvature check: {fit.get('curvature_note')}")
@@ -341,11 +381,27 @@ def study_markdown(fits: dict) -> list[str]:
                 "| depths |",
                 "|---|---|---|---|---|---|---|---|",
             ]
-            std = {"kernel", "quantity", "slope", "slope_low", "slope_high",
-                   "intercept", "intercept_low", "intercept_high", "r2", "n_depths",
-                   "n_points", "depth_min", "depth_max"}
+            std = {
+                "kernel",
+                "quantity",
+                "slope",
+                "slope_low",
+                "slope_high",
+                "intercept",
+                "intercept_low",
+                "intercept_high",
+                "r2",
+                "n_depths",
+                "n_points",
+                "depth_min",
+                "depth_max",
+            }
             for r in trends:
-                group = ", ".join(f"{k}={v}" for k, v in r.items() if k not in std)
+                group = ", ".join(
+                    f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in r.items()
+                    if k not in std and v is not None
+                )
                 md.append(
                     f"| {r['kernel']} | {r['quantity']} | {group or '-'} | "
                     f"{_f(r['slope'])} | [{_f(r['slope_low'])}, {_f(r['slope_high'])}]"
@@ -381,11 +437,16 @@ def study_markdown(fits: dict) -> list[str]:
             f"(`figures/{WEYL_FIGURE}`)."
         )
         if weyl.get("violating_runs"):
-            md.append("Violating runs: " + ", ".join(f"`{r}`" for r in weyl["violating_runs"]))
+            md.append(
+                "Violating runs: " + ", ".join(f"`{r}`" for r in weyl["violating_runs"])
+            )
         md.append("")
         if weyl.get("by_depth"):
-            md += ["| depth | runs | mean bound | mean observed | min margin | certified |",
-                   "|---|---|---|---|---|---|"]
+            md += [
+                "| depth | runs | mean bound | mean observed | min margin "
+                "| certified |",
+                "|---|---|---|---|---|---|",
+            ]
             md += [
                 f"| {r['depth']} | {int(r['runs'])} | {_f(r['bound'])} | "
                 f"{_f(r['observed'])} | {_f(r['margin_min'])} | {int(r['certified'])} |"
@@ -398,10 +459,13 @@ def study_markdown(fits: dict) -> list[str]:
             md.append(
                 f"Laws fitted on this sweep (`fits.json` key `bound_laws`; "
                 f"`nthexp-bound --laws fits.json`): lambda_min(K_inf) = "
-                f"({_f(lam['a'])} L + {_f(lam['b'])}) (N/{_f(laws['n_ref'])})^"
+                f"({_f(lam['a'])} L {'-' if lam['b'] < 0 else '+'} {_f(abs(lam['b']))})"
+                f" (N/{_f(laws['n_ref'])})^"
                 f"{_f(lam['m'])}, ||dK||_op = {_f(op['c'])} width^{_f(op['p'])} "
                 f"L^{_f(op['q'])} (N/{_f(laws['n_ref'])})^{_f(op['r'])}."
             )
+            if laws.get("pooled"):
+                md.append(f"Pooled over {laws['pooled']} (the laws do not model it).")
             budget = fits.get("bound_budget")
             if budget and "error" not in budget:
                 md.append(
@@ -409,8 +473,11 @@ def study_markdown(fits: dict) -> list[str]:
                     f"network of the sweep), D_in = {budget['d_in']}, N = {budget['n']}"
                     f", the certified bound is largest at width {budget['width']}, "
                     f"depth {budget['depth']}: {_f(budget['bound'])}"
-                    + (" (extrapolated beyond the fitted ranges)."
-                       if budget["extrapolated"] else ".")
+                    + (
+                        " (extrapolated beyond the fitted ranges)."
+                        if budget["extrapolated"]
+                        else "."
+                    )
                 )
             elif budget:
                 md.append(f"Budget: {budget['error']}")
@@ -428,8 +495,13 @@ def weyl_figure(table: pd.DataFrame, out_dir: Path):
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     groups = table.groupby(DEPTH) if DEPTH in table.columns else [("all", table)]
     for i, (depth, g) in enumerate(groups):
-        ax.scatter(g["emp_lambda_min"], g["weyl_bound"], s=14, color=f"C{i % 10}",
-                   label=f"depth {depth}")
+        ax.scatter(
+            g["emp_lambda_min"],
+            g["weyl_bound"],
+            s=14,
+            color=f"C{i % 10}",
+            label=f"depth {depth}",
+        )
     lo = float(min(table["weyl_bound"].min(), table["emp_lambda_min"].min()))
     hi = float(max(table["weyl_bound"].max(), table["emp_lambda_min"].max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="bound = observed")
