@@ -210,13 +210,23 @@ def _sizes(params) -> tuple[int, int, int]:
     return p, widths, layers
 
 
-def _item_bytes(order: int, n: int, p: int, widths: int, layers: int, itemsize: int):
+def _item_bytes(
+    order: int,
+    n: int,
+    p: int,
+    widths: int,
+    layers: int,
+    itemsize: int,
+    method: str = "structured",
+):
     """Working set of one chunk item: its tangent (P), the forward-mode activations of
     the structured NTK on N inputs (N x widths) and the tangents of the per-layer Gram
     matrices (2 N^2 per layer). Calibrated against XLA's compiled memory analysis of
     the chunk functions on CPU (within 0.7x-1.4x for MLPs of width 32-512, depth 2-8,
     N 32-128); an O4 item costs about 3.5 O3 items."""
     first = p + n * widths + 2 * n * n * layers
+    if method == "jacobian":
+        first += 3 * n * p  # the reference forms J (N x P) and its tangent per item
     return int(itemsize * (first if order == 3 else 3.5 * first))
 
 
@@ -227,6 +237,7 @@ def plan(
     *,
     memory_budget: int | None = None,
     n_items: int | None = None,
+    method: Method = "structured",
 ) -> Plan:
     """Chunk size and peak-memory estimate for ``O3`` (``order=3``) or ``O4``.
 
@@ -250,7 +261,9 @@ def plan(
     def need(n_, chunk):
         out = itemsize * n_**order
         fixed = itemsize * (p + n_ * widths)
-        return out, fixed + chunk * _item_bytes(order, n_, p, widths, layers, itemsize)
+        return out, fixed + chunk * _item_bytes(
+            order, n_, p, widths, layers, itemsize, method
+        )
 
     out, rest = need(n, n_dev)
     if out + rest > budget:
@@ -265,7 +278,7 @@ def plan(
             f"kernel.memory_budget, use fewer inputs, use dtype float32, or use "
             f"o{order}_contract which never forms the tensor"
         )
-    per_item = _item_bytes(order, n, p, widths, layers, itemsize)
+    per_item = _item_bytes(order, n, p, widths, layers, itemsize, method)
     chunk = (budget - out - itemsize * (p + n * widths)) // per_item
     chunk = max(n_dev, min(int(chunk), items))
     chunk = math.ceil(chunk / n_dev) * n_dev
@@ -329,7 +342,7 @@ def o3(
     """
     x = _check(model, params, x, method, "o3")
     n = x.shape[0]
-    p = plan(3, n, params, memory_budget=memory_budget)
+    p = plan(3, n, params, memory_budget=memory_budget, method=method)
     chunk = p.chunk if chunk_size is None else int(chunk_size)
     columns = []
     for start in range(0, n, chunk):
@@ -357,7 +370,7 @@ def o4(
     """
     x = _check(model, params, x, method, "o4")
     n = x.shape[0]
-    p = plan(4, n, params, memory_budget=memory_budget)
+    p = plan(4, n, params, memory_budget=memory_budget, method=method)
     chunk = p.chunk if chunk_size is None else int(chunk_size)
     c_all, d_all = np.divmod(np.arange(n * n), n)
     columns = []
