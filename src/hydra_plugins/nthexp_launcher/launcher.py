@@ -192,6 +192,8 @@ class _Mixin:
         """True when ``job_dir`` holds a complete run of this very point."""
         if not (job_dir / METRICS_NAME).is_file():
             return False
+        from nthexp.experiment._task import RunMismatchError
+
         try:
             from nthexp.experiment._task import existing_run_matches
 
@@ -199,6 +201,12 @@ class _Mixin:
             with open_dict(cfg):
                 del cfg["hydra"]
             return existing_run_matches(job_dir, cfg)
+        except RunMismatchError as exc:
+            # Refused before anything is submitted; multirun.yaml as it was.
+            from nthexp.experiment._callback import fail, restore_multirun_yaml
+
+            restore_multirun_yaml()
+            fail(str(exc))
         except Exception as exc:  # noqa: BLE001 - the job itself reports a mismatch
             log.debug("submitting %s anyway: %s", job_dir, exc)
             return False

@@ -385,7 +385,8 @@ def digits_relu_laws(
     a, b = np.polyfit(depth, np.asarray(lam_min), 1)
     q0, c0 = np.polyfit(np.log(depth), np.log(np.asarray(lam_max)), 1)
     source = (
-        f"default laws: lambda_min(K_inf) = {a:.4g} L + {b:.4g}, a linear fit of the "
+        f"default laws: lambda_min(K_inf) = {a:.4g} L {'-' if b < 0 else '+'} "
+        f"{abs(b):.4g}, a linear fit of the "
         f"infinite-width ReLU NTK (NTK param., w_std^2=2, b_std=0) on {n} digits "
         f"points (data.seed={data_seed}) at depths {list(map(int, depths))}; "
         f"||dK||_op = C sqrt(L/width) lambda_max(K_inf), lambda_max(K_inf) = "

@@ -100,6 +100,60 @@ def _compose(config: DictConfig, group_overrides: list[str]) -> DictConfig | Non
         return None
 
 
+#: (path, bytes) of the sweep dir's ``multirun.yaml`` as it was before this launch
+#: (Hydra's sweeper overwrites it after ``on_multirun_start``); None when it did not
+#: exist. A refused resume puts it back (:func:`restore_multirun_yaml`).
+_MULTIRUN_BACKUP: tuple[Path, bytes] | None = None
+
+
+def _snapshot_multirun_yaml(sweep_dir: Path) -> None:
+    global _MULTIRUN_BACKUP
+    path = sweep_dir / "multirun.yaml"
+    try:
+        _MULTIRUN_BACKUP = (path, path.read_bytes())
+    except OSError:
+        _MULTIRUN_BACKUP = None
+
+
+def restore_multirun_yaml() -> None:
+    """Put back the ``multirun.yaml`` of the sweep dir that a refused resume found."""
+    global _MULTIRUN_BACKUP
+    if _MULTIRUN_BACKUP is None:
+        return
+    path, data = _MULTIRUN_BACKUP
+    _MULTIRUN_BACKUP = None
+    try:
+        if not path.is_file() or path.read_bytes() != data:
+            from nthexp.experiment._files import write_bytes_atomic
+
+            write_bytes_atomic(path, data)
+    except OSError as exc:
+        log.warning("could not restore %s: %s", path, exc)
+
+
+def _count_shapes(config: DictConfig, points: list[list[str]] | None) -> int | None:
+    """Distinct (model.width, model.depth) among the points (ETA), or None."""
+    if points is None:
+        return None
+    try:
+        model = config.get("model") or {}
+        base = (str(model.get("width")), str(model.get("depth")))
+        shapes = set()
+        for job in points:
+            width, depth = base
+            for ov in job:
+                key, _, value = ov.partition("=")
+                key = key.lstrip("+~")
+                if key == "model.width":
+                    width = value
+                elif key == "model.depth":
+                    depth = value
+            shapes.add((width, depth))
+        return len(shapes)
+    except Exception:  # noqa: BLE001 - the ETA then leaves compilation out
+        return None
+
+
 class SweepCallback(Callback):
     """``on_*_start``: reject bad input before any directory is made.
     ``on_multirun_end``: aggregate the sweep dir into the report and print a summary."""
@@ -119,8 +173,12 @@ class SweepCallback(Callback):
                 validate(_task_config(config))
         except ValueError as exc:
             fail(str(exc))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        _snapshot_multirun_yaml(sweep_dir)
+        print(f"sweep dir: {sweep_dir}", flush=True)
         _progress.CURRENT = _progress.Progress(
-            len(points) if points is not None else None
+            len(points) if points is not None else None,
+            shapes=_count_shapes(config, points),
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:

@@ -189,6 +189,33 @@ def _computed_part(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in SINK_KEYS}
 
 
+def _flatten(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _config_diff(old: dict, new: dict, limit: int = 5) -> str:
+    """``model.width: 256 (stored) vs 512 (new), ...`` (at most ``limit`` keys)."""
+    a, b = _flatten(old), _flatten(new)
+    missing = object()
+    keys = sorted(
+        k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing)
+    )
+    parts = [
+        f"{k}: {a.get(k, '<absent>')} (stored) vs {b.get(k, '<absent>')} (new)"
+        for k in keys[:limit]
+    ]
+    if len(keys) > limit:
+        parts.append(f"and {len(keys) - limit} more")
+    return ", ".join(parts).replace("\n", " ") or "no differing keys"
+
+
 def existing_run_matches(job_dir: Path, cfg: DictConfig) -> bool:
     """True when ``job_dir`` holds a complete run of this config (sinks aside).
 
@@ -202,9 +229,15 @@ def existing_run_matches(job_dir: Path, cfg: DictConfig) -> bool:
         old = yaml.safe_load(stored.read_text())
         new = OmegaConf.to_container(cfg, resolve=True)
         if not isinstance(old, dict) or _computed_part(old) != _computed_part(new):
+            diff = (
+                _config_diff(_computed_part(old), _computed_part(new))
+                if isinstance(old, dict)
+                else "unreadable stored config"
+            )
             raise RunMismatchError(
                 f"job_dir={str(job_dir)!r} is not allowed; it already holds a complete "
-                f"run of a different config ({stored}); launch into a new sweep dir"
+                f"run of a different config ({stored}: {diff}); launch into a new "
+                "sweep dir"
             )
     return True
 

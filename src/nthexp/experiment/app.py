@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nthexp.experiment import _progress
-from nthexp.experiment._callback import fail
+from nthexp.experiment._callback import fail, restore_multirun_yaml
 from nthexp.experiment._conf import GROUPS, find_conf_dir, group_options, sweep_id
 from nthexp.experiment._task import (
     RunMismatchError,
@@ -38,6 +38,24 @@ from nthexp.experiment._validate import validate
 log = logging.getLogger("nthexp.experiment")
 
 CONF_DIR = find_conf_dir()
+
+
+class _NoTpuProbe(logging.Filter):
+    """Drops jax's "Unable to initialize backend 'tpu'" notice: libtpu is installed
+    with jax[tpu]-style wheels but there is no TPU here, and jax then falls back to the
+    other backends by itself. Every other record of that logger passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - keep records we cannot format
+            return True
+        return not message.startswith("Unable to initialize backend 'tpu'")
+
+
+# Attached before jax initialises its backends (on first use, inside the job); a
+# filter on the logger survives Hydra's logging configuration.
+logging.getLogger("jax._src.xla_bridge").addFilter(_NoTpuProbe())
 
 
 def run_point(cfg: DictConfig) -> dict | None:
@@ -60,6 +78,7 @@ def run_point(cfg: DictConfig) -> dict | None:
     try:
         complete = existing_run_matches(job_dir, cfg)
     except RunMismatchError as exc:
+        restore_multirun_yaml()
         fail(str(exc))
     if complete:
         log.info("skipping %s: metrics.json exists (complete point)", job_dir)
@@ -118,10 +137,18 @@ def run_point(cfg: DictConfig) -> dict | None:
     seconds = time.perf_counter() - tic
     note = f"done in {seconds:.2f}s: rel_fro={metrics.get('rel_fro', float('nan')):.4g}"
     if _progress.CURRENT is not None:
-        _progress.CURRENT.point_done(job_num, seconds, note)
+        _progress.CURRENT.point_done(job_num, seconds, note, shape=_shape(cfg))
     else:
         log.info("job %d %s -> %s", job_num, note, job_dir)
     return metrics
+
+
+def _shape(cfg: DictConfig) -> tuple | None:
+    """(width, depth) of a point: a new one means a new compilation."""
+    model = cfg.get("model")
+    if model is None:
+        return None
+    return (str(model.get("width")), str(model.get("depth")))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

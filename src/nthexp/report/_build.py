@@ -22,12 +22,14 @@ from nthexp.experiment._files import (
 from nthexp.report._collect import SweepRuns, collect
 from nthexp.report._depth_width import depth_width_fit, depth_width_markdown
 from nthexp.report._figures import HIERARCHY_RESPONSES, make_figures
-from nthexp.report._fits import DEPTH, WIDTH, fit_table
+from nthexp.report._fits import DEPTH, SEED, WIDTH, fit_table
 from nthexp.report._late_time import late_time_fits, late_time_markdown
 from nthexp.report._scaling import study_fits, study_markdown
 
 log = logging.getLogger(__name__)
 
+#: Responses fitted besides ``analysis.response`` (``fits["responses"][name]``).
+SECOND_RESPONSES = ("rel_op",)
 ANALYSIS_KEYS = ("response", "level", "max_depth_over_width")
 PROVENANCE_PREFIXES = (
     "versions.",
@@ -65,7 +67,10 @@ class Report:
                 f"mean {response} over seeds (rows: depth, columns: width)",
                 pivot.to_string(float_format=lambda v: f"{v:.4g}"),
             ]
-        for row in exponent_rows(fits):
+        rows = exponent_rows(fits)
+        if rows:
+            lines.append(f"fitted exponents of {response}:")
+        for row in rows:
             lines.append(f"  {row[0]:<34} {row[1]:>8}  {row[2]:<22} R^2={row[3]}")
         lines += [f"  FLAG {flag}" for flag in fits.get("flags", [])]
         lines.append(f"report: {self.markdown_path}")
@@ -87,6 +92,97 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
+def _fmt_range(v) -> str:
+    """Range endpoints: integers when integral (``64..1024``), else 3 digits."""
+    if v is None:
+        return "-"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if f.is_integer() and abs(f) < 1e15:
+        return str(int(f))
+    return f"{f:.3g}"
+
+
+#: Per-run metrics of the results table (those present are shown).
+RESULT_COLUMNS = ("rel_fro", "rel_op", "emp_lambda_min", "inf_lambda_min", "weyl_bound")
+#: Factors that get a column of their own in the results table when they vary.
+RESULT_FACTORS = (WIDTH, DEPTH, "data.n", "d_in", "data.d_in")
+
+
+def _group_value(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def results_markdown(table: pd.DataFrame) -> list[str]:
+    """ "Results (mean over seeds)": one row per combination of the varying factors,
+    mean +- std over seeds of each per-run metric present."""
+    metrics = [c for c in RESULT_COLUMNS if c in table.columns]
+    if table.empty or not metrics:
+        return []
+    keys = [
+        c
+        for c in RESULT_FACTORS
+        if c in table.columns
+        and table[c].notna().all()
+        and (c in (WIDTH, DEPTH) or table[c].nunique() >= 2)
+    ]
+    if "d_in" in keys and "data.d_in" in keys:
+        keys.remove("data.d_in")
+    keys += [
+        c
+        for c in pooled_columns_quiet(table)
+        if c not in keys and table[c].notna().all()
+    ]
+    if not keys:
+        return []
+    t = table[keys + metrics].copy()
+    for m in metrics:
+        t[m] = pd.to_numeric(t[m], errors="coerce")
+    grouped = t.groupby(keys, sort=True, dropna=True)
+    mean, std, count = grouped.mean(), grouped.std(), grouped.size()
+    md = ["## Results (mean over seeds)", ""]
+    md.append(
+        "Mean +- standard deviation over seeds (`results.parquet` has every run)."
+    )
+    md.append("")
+    head = [k.split(".")[-1] if k in (WIDTH, DEPTH) else k for k in keys]
+    md.append("| " + " | ".join(head + ["seeds"] + metrics) + " |")
+    md.append("|" + "---|" * (len(head) + 1 + len(metrics)))
+    for idx in mean.index:
+        idx_t = idx if isinstance(idx, tuple) else (idx,)
+        cells = [_group_value(v) for v in idx_t] + [str(int(count.loc[idx]))]
+        for m in metrics:
+            mu, sd = mean.loc[idx, m], std.loc[idx, m]
+            if pd.isna(mu):
+                cells.append("-")
+            elif pd.isna(sd) or count.loc[idx] < 2:
+                cells.append(f"{mu:.4g}")
+            else:
+                cells.append(f"{mu:.4g} ± {sd:.2g}")
+        md.append("| " + " | ".join(cells) + " |")
+    md.append("")
+    return md
+
+
+def pooled_columns_quiet(table: pd.DataFrame) -> list[str]:
+    """Config columns other than the result factors that vary (no warning)."""
+    prefixes = ("model.", "data.", "kernel.")
+    return [
+        c
+        for c in table.columns
+        if c.startswith(prefixes)
+        and c not in RESULT_FACTORS
+        and c != SEED
+        and table[c].dropna().nunique() > 1
+    ]
+
+
 def exponent_rows(fits: dict) -> list[tuple[str, str, str, str, str]]:
     """(fit, exponent, interval, R^2, fitted range) per fitted exponent."""
     rows = []
@@ -105,18 +201,21 @@ def exponent_rows(fits: dict) -> list[tuple[str, str, str, str, str]]:
                 _fmt(fit["exponents"][factor]),
                 f"[{_fmt(lo_hi[0])}, {_fmt(lo_hi[1])}]",
                 _fmt(fit.get("r2")),
-                f"{_fmt(rng[0])}..{_fmt(rng[1])}",
+                f"{_fmt_range(rng[0])}..{_fmt_range(rng[1])}",
             )
         )
 
     ratio = fits.get("max_depth_over_width")
     for e in fits.get("width_fits", []):
         add(f"width, depth={e['depth']}, all widths", e["all"], "width")
-        add(
-            f"width, depth={e['depth']}, depth/width<={ratio:g}",
-            e["small_ratio"],
-            "width",
-        )
+        label = f"width, depth={e['depth']}, depth/width<={ratio:g}"
+        same = e.get("widths_small_ratio") is not None and e.get(
+            "widths_small_ratio"
+        ) == e.get("widths_all")
+        if same:
+            rows.append((label, "-", "same as all widths", "-", "-"))
+        else:
+            add(label, e["small_ratio"], "width")
     for e in fits.get("depth_fits", []):
         add(f"depth, width={e['width']}", e["fit"], "depth")
     joint = fits.get("joint")
@@ -200,6 +299,8 @@ def _markdown(runs: SweepRuns, fits: dict, figures: list[Path], sweep_dir: Path)
         if seen < runs.expected:
             md += [f"{runs.expected - seen} planned point(s) have no run dir yet.", ""]
 
+    md += results_markdown(runs.table)
+
     md += ["## Fitted exponents", ""]
     md.append(
         f"Response `{fits.get('response')}`, intervals at level "
@@ -226,6 +327,19 @@ def _markdown(runs: SweepRuns, fits: dict, figures: list[Path], sweep_dir: Path)
             + ", ".join(f"`{k}`" for k in fits["pooled"]),
             "",
         ]
+
+    for name, sub in fits.get("responses", {}).items():
+        md += [f"### Second response: `{name}`", ""]
+        sub_rows = exponent_rows(sub)
+        if sub_rows:
+            md += [
+                "| fit | exponent | interval | R^2 | fitted range |",
+                "|---|---|---|---|---|",
+            ]
+            md += [f"| {' | '.join(r)} |" for r in sub_rows]
+        else:
+            md.append(sub.get("error", "No fit."))
+        md.append("")
 
     for name, sub in fits.get("hierarchy", {}).items():
         md += [f"### Hierarchy: `{name}`", ""]
@@ -283,15 +397,22 @@ def build_report(sweep_dir: str | Path, analysis: dict | None = None) -> Report:
         }
         if hierarchy:
             fits["hierarchy"] = hierarchy
+        responses = {
+            name: fit_table(table, {**settings, "response": name})
+            for name in SECOND_RESPONSES
+            if name != settings["response"]
+            and name in table.columns
+            and pd.to_numeric(table[name], errors="coerce").notna().any()
+        }
+        if responses:
+            fits["responses"] = responses
         late_time = late_time_fits(table, settings)
         if late_time:
             fits["late_time"] = late_time
         depth_width = depth_width_fit(runs, float(settings["level"]))
         if depth_width is not None:
             fits["depth_width_ratio"] = depth_width
-        fits.update(
-            study_fits(runs, settings["response"], float(settings["level"]))
-        )
+        fits.update(study_fits(runs, settings["response"], float(settings["level"])))
     fits_path = sweep_dir / "fits.json"
     write_json_atomic(fits_path, json.loads(json.dumps(fits, default=str)))
 

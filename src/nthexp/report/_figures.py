@@ -156,7 +156,10 @@ def make_figures(runs: SweepRuns, fits: dict, out_dir: Path) -> list[Path]:
         paths.append(
             _save(
                 _vs_width(
-                    table, "rel_op", None, "rel_op vs width (mean and std over seeds)"
+                    table,
+                    "rel_op",
+                    fits.get("responses", {}).get("rel_op"),
+                    "rel_op vs width (mean and std over seeds)",
                 ),
                 out_dir / "rel_op_vs_width.png",
             )

@@ -265,6 +265,33 @@ def _f(v) -> str:
     )
 
 
+def _label_value(v) -> str | None:
+    """A group value for a label: ``64`` for 64.0, None for missing (None, NaN,
+    the string "None")."""
+    if v is None or (isinstance(v, str) and v in ("None", "nan", "")):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if not np.isfinite(f):
+        return None
+    return str(int(f)) if f.is_integer() else f"{f:g}"
+
+
+def _range_value(v) -> str:
+    """A range endpoint: integer when integral (``1024``), else 4 digits."""
+    if v is None:
+        return "-"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if not np.isfinite(f):
+        return "-"
+    return str(int(f)) if f.is_integer() and abs(f) < 1e15 else f"{f:.4g}"
+
+
 def scaling_rows(fits: dict) -> pd.DataFrame:
     """Fitted-law table: one row per factor of ``fits["scaling_law"]``."""
     law = fits.get("scaling_law")
@@ -346,8 +373,8 @@ def study_markdown(fits: dict) -> list[str]:
                 )
                 md.append(
                     f"| {r['factor']} | {_f(r['exponent'])} | [{_f(r['low'])}, "
-                    f"{_f(r['high'])}] | {_f(r['r2'])} | {_f(r['range_min'])}.."
-                    f"{_f(r['range_max'])} | {curved} |"
+                    f"{_f(r['high'])}] | {_f(r['r2'])} | {_range_value(r['range_min'])}"
+                    f"..{_range_value(r['range_max'])} | {curved} |"
                 )
             curv = fit.get("curvature")
             md.append("")
@@ -398,15 +425,15 @@ def study_markdown(fits: dict) -> list[str]:
             }
             for r in trends:
                 group = ", ".join(
-                    f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                    f"{k}={_label_value(v)}"
                     for k, v in r.items()
-                    if k not in std and v is not None
+                    if k not in std and _label_value(v) is not None
                 )
                 md.append(
                     f"| {r['kernel']} | {r['quantity']} | {group or '-'} | "
                     f"{_f(r['slope'])} | [{_f(r['slope_low'])}, {_f(r['slope_high'])}]"
                     f" | {_f(r['intercept'])} | {_f(r['r2'])} | "
-                    f"{_f(r['depth_min'])}..{_f(r['depth_max'])} |"
+                    f"{_range_value(r['depth_min'])}..{_range_value(r['depth_max'])} |"
                 )
             md.append("")
         ob = spectra.get("outlier_bulk", [])
@@ -488,26 +515,59 @@ def study_markdown(fits: dict) -> list[str]:
 
 
 def weyl_figure(table: pd.DataFrame, out_dir: Path):
-    """(figure, path) of the certified bound against the observed lambda_min(K_emp),
-    or None without the columns."""
+    """(figure, path): per depth, the observed lambda_min(K_emp) and the certified
+    bound against width (mean and range over seeds) on a symlog y axis, so that a
+    large negative bound and a small positive observation are both readable; or None
+    without the columns."""
     if not {"weyl_bound", "emp_lambda_min"} <= set(table.columns):
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    groups = table.groupby(DEPTH) if DEPTH in table.columns else [("all", table)]
-    for i, (depth, g) in enumerate(groups):
-        ax.scatter(
-            g["emp_lambda_min"],
-            g["weyl_bound"],
-            s=14,
-            color=f"C{i % 10}",
-            label=f"depth {depth}",
-        )
-    lo = float(min(table["weyl_bound"].min(), table["emp_lambda_min"].min()))
-    hi = float(max(table["weyl_bound"].max(), table["emp_lambda_min"].max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="bound = observed")
-    ax.axhline(0.0, color="grey", lw=0.5)
-    ax.set_xlabel("observed lambda_min(K_emp)")
-    ax.set_ylabel("certified bound lambda_min(K_inf) - ||dK||_op")
-    ax.set_title("Weyl bound (every point must lie on or below the diagonal)")
-    ax.legend(fontsize=7)
+    t = table.copy()
+    for c in ("weyl_bound", "emp_lambda_min"):
+        t[c] = pd.to_numeric(t[c], errors="coerce")
+    has_width = WIDTH in t.columns and t[WIDTH].notna().all()
+    if not has_width:
+        t[WIDTH] = 1.0
+    groups = (
+        list(t.groupby(DEPTH))
+        if DEPTH in t.columns and t[DEPTH].notna().all()
+        else [("all", t)]
+    )
+    n = len(groups)
+    ncols = min(n, 3)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False, sharey=True
+    )
+    values = np.concatenate(
+        [t["weyl_bound"].to_numpy(float), t["emp_lambda_min"].to_numpy(float)]
+    )
+    values = np.abs(values[np.isfinite(values) & (values != 0)])
+    linthresh = float(np.min(values)) if values.size else 1e-3
+    for ax, (depth, g) in zip(list(axes.flat)[:n], groups, strict=True):
+        for col, color, label in (
+            ("emp_lambda_min", "C0", "observed lambda_min(K_emp)"),
+            ("weyl_bound", "C3", "certified bound"),
+        ):
+            stats = g.groupby(WIDTH)[col].agg(["mean", "min", "max"]).sort_index()
+            x = stats.index.to_numpy(float)
+            ax.plot(x, stats["mean"], "o-", color=color, ms=4, label=label)
+            ax.fill_between(x, stats["min"], stats["max"], color=color, alpha=0.2)
+        ax.axhline(0.0, color="grey", lw=0.6)
+        ax.set_yscale("symlog", linthresh=linthresh)
+        if has_width and g[WIDTH].nunique() > 1:
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("width")
+        ax.set_title(f"depth {_label_value(depth) or depth}")
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("lambda_min (symlog)")
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle(
+        "Weyl bound: observed lambda_min(K_emp) must lie above the bound "
+        "(mean, band: min..max over seeds)",
+        fontsize=9,
+    )
+    fig.tight_layout()
     return fig, out_dir / WEYL_FIGURE

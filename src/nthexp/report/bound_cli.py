@@ -98,6 +98,19 @@ def _figure(arch, path: Path) -> None:
     plt.close(fig)
 
 
+def _signed(v: float) -> str:
+    return f"{'-' if v < 0 else '+'} {abs(v):.4g}"
+
+
+def _laws_text(laws) -> str:
+    """The laws in one line: ``lambda_min(K_inf) = (0.79 L - 0.8) (N/6)^0, ...``."""
+    return (
+        f"lambda_min(K_inf) = ({laws.a:.4g} L {_signed(laws.b)}) "
+        f"(N/{laws.n_ref:g})^{laws.m:.4g}, ||dK||_op = {laws.c:.4g} width^{laws.p:.4g} "
+        f"L^{laws.q:.4g} (N/{laws.n_ref:g})^{laws.r:.4g}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0, or 2 for a refused budget)."""
     args = _parser().parse_args(argv)
@@ -149,16 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     _figure(arch, figure)
     (args.out / "bound.json").write_text(json.dumps(arch.to_dict(), indent=2) + "\n")
 
-    print(f"laws: {laws.source}")
+    print(f"laws: {laws.source}" + (f" (file {args.laws})" if args.laws else ""))
+    print("  " + _laws_text(laws))
     print(
         f"optimum for P={arch.budget}, D_in={arch.d_in}, N={arch.n}: "
         f"width={arch.width}, depth={arch.depth}, bound={arch.bound:.6g} "
         f"({arch.params} parameters)"
     )
     if arch.bound <= 0:
+        hint = (
+            "a larger P may" if args.laws else "a larger P, or laws from a sweep, may"
+        )
         print(
             "note: the bound is not positive anywhere on the curve, so it certifies "
-            "nothing at this budget (a larger P, or laws from a sweep, may)"
+            f"nothing at this budget ({hint})"
         )
     if arch.extrapolated:
         print("note: the optimum lies outside the ranges the laws were fitted on")
