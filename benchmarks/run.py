@@ -125,7 +125,6 @@ def main(argv=None):
 
     # O3 and o3_contract at (N=128, width 256, depth 4)
     model, params, x = problem(256, 4, 128)
-    t_ntk3 = _timeit(lambda: nx.kernels.ntk(model, params, x), 5)
     t_s = _timeit(lambda: nx.kernels.o3(model, params, x), 3)
     t_j = _timeit(lambda: nx.kernels.o3(model, params, x, method="jacobian"), 1)
     plan = nx.kernels.plan(3, x.shape[0], params)
@@ -149,6 +148,7 @@ def main(argv=None):
         )
     )
     v = jax.random.normal(jax.random.key(7), (x.shape[0],), dtype=dtype)
+
     def ntk3():
         return nx.kernels.ntk(model, params, x)
 
