@@ -328,31 +328,22 @@ def _markdown(runs: SweepRuns, fits: dict, figures: list[Path], sweep_dir: Path)
             "",
         ]
 
-    for name, sub in fits.get("responses", {}).items():
-        md += [f"### Second response: `{name}`", ""]
-        sub_rows = exponent_rows(sub)
-        if sub_rows:
-            md += [
-                "| fit | exponent | interval | R^2 | fitted range |",
-                "|---|---|---|---|---|",
-            ]
-            md += [f"| {' | '.join(r)} |" for r in sub_rows]
-        else:
-            md.append(sub.get("error", "No fit."))
-        md.append("")
-
-    for name, sub in fits.get("hierarchy", {}).items():
-        md += [f"### Hierarchy: `{name}`", ""]
-        sub_rows = exponent_rows(sub)
-        if sub_rows:
-            md += [
-                "| fit | exponent | interval | R^2 | fitted range |",
-                "|---|---|---|---|---|",
-            ]
-            md += [f"| {' | '.join(r)} |" for r in sub_rows]
-        else:
-            md.append(sub.get("error", "No fit."))
-        md.append("")
+    for title, group in (
+        ("Second response", fits.get("responses", {})),
+        ("Hierarchy", fits.get("hierarchy", {})),
+    ):
+        for name, sub in group.items():
+            md += [f"### {title}: `{name}`", ""]
+            sub_rows = exponent_rows(sub)
+            if sub_rows:
+                md += [
+                    "| fit | exponent | interval | R^2 | fitted range |",
+                    "|---|---|---|---|---|",
+                ]
+                md += [f"| {' | '.join(r)} |" for r in sub_rows]
+            else:
+                md.append(sub.get("error", "No fit."))
+            md.append("")
 
     md += late_time_markdown(runs.table, fits.get("late_time", {}))
     md += depth_width_markdown(fits.get("depth_width_ratio"))
