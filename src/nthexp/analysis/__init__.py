@@ -1,5 +1,5 @@
-"""Spectra, corrections, Weyl's bound and the budget tool, power-law fits, sweep
-trends and Lyapunov exponents."""
+"""Spectra, eigenspace alignment, corrections, Weyl's bound and the budget tool,
+power-law fits, sweep trends and Lyapunov exponents."""
 
 from nthexp.analysis._bound import (
     Architecture,
@@ -11,6 +11,11 @@ from nthexp.analysis._bound import (
     weyl_bound,
 )
 from nthexp.analysis._eig import LAMBDA_MIN_METHODS, LambdaMin, lambda_min
+from nthexp.analysis._eigenspace import (
+    DEFAULT_GAP_RTOL,
+    EigenspaceAlignment,
+    eigenspace_alignment,
+)
 from nthexp.analysis._fit import CurvatureCheck, PowerLawFit, fit_power_law
 from nthexp.analysis._lyapunov import (
     LogNormVariance,
@@ -33,6 +38,8 @@ __all__ = [
     "Architecture",
     "BoundLaws",
     "Correction",
+    "DEFAULT_GAP_RTOL",
+    "EigenspaceAlignment",
     "LAMBDA_MIN_METHODS",
     "LambdaMin",
     "CurvatureCheck",
@@ -46,6 +53,7 @@ __all__ = [
     "correction",
     "depth_trends",
     "digits_relu_laws",
+    "eigenspace_alignment",
     "fit_power_law",
     "lambda_min",
     "log_norm_variance",

@@ -154,6 +154,7 @@ FIELDS = {
     "analysis.response": Str(),
     "analysis.level": Float(low=0.0, low_open=True, high=1.0, high_open=True),
     "analysis.max_depth_over_width": Float(low=0.0, low_open=True),
+    "analysis.eig_align_k": Int(1),  # <= data.n, checked by validate()
     "logger.name": Choice(LOGGER_NAMES),
     "logger.mode": Choice(WANDB_MODES),
     "logger.project": Str(),

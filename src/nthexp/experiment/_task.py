@@ -184,6 +184,21 @@ def _lambda_min_metrics(k_emp, k_inf, spec_emp, spec_inf) -> dict:
     return out
 
 
+def _eig_align_metrics(k_emp, k_inf, k: int) -> dict:
+    """Top-1 and top-k eigenspace alignment of K_emp and K_inf (one decomposition of
+    each: the top-1 values are the first cluster of the top-k result)."""
+    res = nx.analysis.eigenspace_alignment(k_emp, k_inf, k=k)
+    if res.extended:
+        log.info("eigenspace alignment: %s", res.note)
+    return {
+        "eig_align_top1": res.cluster_overlaps[0],
+        "eig_align_top1_dim": res.cluster_sizes[0],
+        "eig_align_topk": res.alignment,
+        "eig_align_topk_dim": res.dim,
+        "eig_align_topk_max_angle": res.max_angle,
+    }
+
+
 def _computed_part(config: dict) -> dict:
     """The config without the sinks (``logger``): what determines the results."""
     return {k: v for k, v in config.items() if k not in SINK_KEYS}
@@ -405,6 +420,7 @@ def compute_point(
     spec_inf = nx.analysis.spectrum(k_inf)
     corr = nx.analysis.correction(k_emp, k_inf)
     lambda_min_extra = _lambda_min_metrics(k_emp, k_inf, spec_emp, spec_inf)
+    eig_align = _eig_align_metrics(k_emp, k_inf, cfg.analysis.eig_align_k)
     diag, diag_arrays = diag_metrics(k_emp)
     timing["analysis"] = time.perf_counter() - tic
     timing["total"] = time.perf_counter() - t_start
@@ -423,6 +439,7 @@ def compute_point(
         "dtype": dtype,
         "matmul_precision": str(jax.config.jax_default_matmul_precision),
         **lambda_min_extra,
+        **eig_align,
         **_precision_metrics(dtype, int(x.shape[0]), corr),
         **provenance(),
         "timing": timing,

@@ -74,6 +74,12 @@ def validate(cfg: DictConfig) -> None:
     _check_int("data.seed", d.seed, 0)
     if d.d_in is not None:
         _check_int("data.d_in", d.d_in, 1)
+    if cfg.analysis.eig_align_k > d.n:
+        raise ConfigError(
+            "analysis.eig_align_k",
+            cfg.analysis.eig_align_k,
+            f"must be an integer in [1, data.n={d.n}] (the kernels are N x N)",
+        )
 
     k = cfg.kernel
     _check_choice("kernel.dtype", k.dtype, DTYPES)
@@ -87,8 +93,9 @@ def validate(cfg: DictConfig) -> None:
         _check_int("kernel.memory_budget", budget, 1)
     if k.order >= 3 and m.n_out != 1:
         raise ConfigError(
-            "model.n_out", m.n_out, "must be 1 with kernel.order >= 3 (O3/O4 are "
-            "defined for scalar outputs)"
+            "model.n_out",
+            m.n_out,
+            "must be 1 with kernel.order >= 3 (O3/O4 are defined for scalar outputs)",
         )
 
     if cfg.dynamics.enabled:
