@@ -237,6 +237,110 @@ def test_kernel_velocity_equals_o3_contraction(kind):
     assert check.rel_err < 1e-6, (kind, check.rel_err)
 
 
+def test_identity_holds_at_every_logged_time_of_a_flow_run():
+    """dK2/dt of the recorded kernel (5-point backward difference, h = 1e-3 t) equals
+    -(1/N) O3 . r(t) recorded during the flow: relative error below 1e-6 while the
+    kernel moves (|dK2/dt| above 1e-3 of its largest value); the absolute error is
+    below 1e-8 of the largest velocity at every time, the end included."""
+    x, y, x_eval = _data()
+    model = _MODELS[800]
+    params = nx.models.init(model, jax.random.PRNGKey(0), D_IN)
+    base = nx.dynamics.default_log_times(FLOW["t_max"], n_log=12)
+    run = nx.dynamics.train(
+        model,
+        params,
+        x,
+        y,
+        x_eval=x_eval,
+        log_times=nx.dynamics.stencil_log_times(base),
+        record_velocity=True,
+        **FLOW,
+    )
+    assert run.stop_reason == "tol"
+    reached = base[base <= run.times[-1]]
+    check = nx.dynamics.trajectory_velocity(run, at=reached)
+    assert check.times.shape == reached.shape and reached.size >= 6
+    np.testing.assert_allclose(check.times, reached, rtol=1e-12)
+    moving = check.velocity_norm > 1e-3 * check.velocity_norm.max()
+    assert moving.sum() >= 4
+    assert check.rel_err[moving].max() < 1e-6, check.rel_err
+    assert check.abs_err.max() < 1e-8 * check.velocity_norm.max(), check.abs_err
+    # the recorded velocity at t = 0 is the one kernel_velocity checks at init
+    at_init = nx.dynamics.kernel_velocity(model, params, x, y, x_eval)
+    np.testing.assert_allclose(
+        check.dk_dt_hierarchy[0], at_init.dk_dt_hierarchy, rtol=1e-10, atol=0
+    )
+
+
+def test_identity_along_gradient_descent_holds_to_first_order_in_the_step():
+    """GD is the flow's Euler scheme: along it the identity holds to O(lr); the
+    error at t = 0 halves with the step (ratio 1.6..2.4) and is below lr * c *
+    lambda_max(K2) (the rate of the fastest mode)."""
+    x, y, x_eval = _data()
+    model = _MODELS[800]
+    params = nx.models.init(model, jax.random.PRNGKey(0), D_IN)
+    errs = {}
+    for lr in (0.05, 0.025):
+        base = nx.dynamics.default_log_times(2.0, n_log=4, learning_rate=lr)
+        run = nx.dynamics.train(
+            model,
+            params,
+            x,
+            y,
+            x_eval=x_eval,
+            learning_rate=lr,
+            t_max=2.0,
+            log_times=nx.dynamics.stencil_log_times(base, min_step=lr),
+            record_velocity=True,
+        )
+        check = nx.dynamics.trajectory_velocity(run, at=base)
+        errs[lr] = check.rel_err[0]
+        rate = np.linalg.eigvalsh(run.ntk[0, :N_TRAIN, :N_TRAIN])[-1] / N_TRAIN
+        assert check.rel_err.max() < lr * rate * 4, (lr, check.rel_err, rate)
+    assert 1.6 < errs[0.05] / errs[0.025] < 2.4, errs
+
+
+def test_stencil_times_and_difference_weights():
+    base = np.array([0.0, 0.01, 1.0, 100.0])
+    times = nx.dynamics.stencil_log_times(base, rel_step=1e-3)
+    # backward companions where they stay >= 0; forward from t = 0 (h = 1e-3 * 0.01)
+    for t in (1.0, 100.0):
+        np.testing.assert_allclose(
+            [u for u in times if t - 5e-3 * t < u <= t],
+            t - 1e-3 * t * np.arange(4, -1, -1),
+            rtol=1e-14,
+        )
+    np.testing.assert_allclose(times[:5], 1e-5 * np.arange(5), atol=1e-20)
+    assert np.all(np.diff(times) > 0) and set(base) <= set(times)
+    with pytest.raises(ValueError, match="min_step > 0"):
+        nx.dynamics.stencil_log_times([0.0])
+    with pytest.raises(ValueError, match="points=1 must be >= 2"):
+        nx.dynamics.stencil_log_times(base, points=1)
+    # the weights differentiate quartics exactly, on one-sided and uneven stencils
+    from nthexp.dynamics._predict import _difference_weights
+
+    rng = np.random.default_rng(0)
+    for s in (np.array([0.0, 1, 2, 3, 4]), np.sort(rng.uniform(-1, 1, 5))):
+        poly = rng.normal(size=5)
+        w, _, _ = _difference_weights(s, 0.3)
+        exact = np.polyval(np.polyder(poly), 0.3)
+        np.testing.assert_allclose(w @ np.polyval(poly, s), exact, rtol=1e-9)
+
+
+def test_trajectory_velocity_needs_the_flow_and_a_record():
+    x, y, _ = _data()
+    model = _MODELS[800]
+    params = nx.models.init(model, jax.random.PRNGKey(0), D_IN)
+    run = nx.dynamics.train(
+        model, params, x, y, optimizer="adam", learning_rate=0.01, steps=6
+    )
+    with pytest.raises(ValueError, match="allowed: \\['flow', 'gd'\\]"):
+        nx.dynamics.trajectory_velocity(run)
+    run.optimizer = "gd"
+    with pytest.raises(ValueError, match="record_velocity=True"):
+        nx.dynamics.trajectory_velocity(run)
+
+
 # ----------------------------------------------------------------------------------
 # Acceptance 4 and 6: optax training.
 # ----------------------------------------------------------------------------------

@@ -62,6 +62,29 @@ def test_multi_output_axes(n_out, trace):
         np.testing.assert_allclose(got, diag_mean, rtol=1e-13)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "resnet"])
+def test_blocked_sum_equals_jacobian(kind):
+    """More rows than ``CPU_BLOCK_ROWS`` (and not a multiple of it): the CPU path
+    assembles the kernel from blocks, the symmetric one from the upper blocks only;
+    both equal the Jacobian reference, and the symmetric one is exactly symmetric."""
+    rows = nx.kernels._empirical.CPU_BLOCK_ROWS
+    x1 = jax.random.normal(jax.random.key(21), (2 * rows + 44, D_IN))
+    x2 = jax.random.normal(jax.random.key(22), (rows + 3, D_IN))
+    if kind == "mlp":
+        model = nx.models.MLP(width=6, depth=3, n_out=2, b_std=0.1, activation="erf")
+    else:
+        model = nx.models.ResNet(width=5, depth=2, branch_layers=2, alpha=0.5)
+    params = nx.models.init(model, jax.random.key(5), D_IN)
+    for b in (None, x2):
+        got = nx.kernels.ntk(model, params, x1, b)
+        ref = nx.kernels.ntk(model, params, x1, b, method="jacobian")
+        assert got.shape == ref.shape
+        assert _rel_err(got, ref) < 1e-10
+    k = np.asarray(nx.kernels.ntk(model, params, x1))
+    np.testing.assert_array_equal(k, np.swapaxes(np.swapaxes(k, 0, 1), -1, -2)
+                                  if k.ndim == 4 else k.T)
+
+
 def test_ntk_is_symmetric_psd():
     model = nx.models.MLP(width=32, depth=3)
     params = nx.models.init(model, jax.random.key(3), D_IN)

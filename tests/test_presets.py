@@ -155,8 +155,15 @@ def test_late_time_tiny_sweep(tmp_path):
     assert table["lt_converged"].all()
     assert (table["lt_final_residual"] < 1e-8).all()
     assert (table["lt_identity_rel_err"] < 1e-6).all()
+    # the identity along each run, at every logged time it reached (of 40; the flow
+    # reaches ||r|| < 1e-8 near t = 1e3)
+    assert (table["lt_identity_n_times"] >= 15).all()
+    assert (table["lt_identity_err_max"] < 1e-6).all(), table["lt_identity_err_max"]
     with np.load(sweep_dir / "0" / "spectra.npz") as npz:
         assert npz["lt_dk_actual"].shape == (7, 7)
+        rel_t, speed = npz["lt_identity_rel_err_t"], npz["lt_identity_velocity_norm"]
+        assert rel_t.shape == speed.shape == npz["lt_identity_times"].shape
+        assert rel_t[speed > 1e-3 * speed.max()].max() < 1e-6
 
     fits = json.loads((sweep_dir / "fits.json").read_text())
     assert set(fits["late_time"]) == set(LATE_TIME_ERRORS)
@@ -166,6 +173,7 @@ def test_late_time_tiny_sweep(tmp_path):
     report = (sweep_dir / "report.md").read_text()
     assert "## Late-time predictions against training" in report
     assert "| `lt_err_dk_full` | dK2: O3 + O4 (whole) | 1 |" in report
+    assert "Identity dK2/dt = -(1/N) O3 . r along each run" in report
     # depth does not vary: no depth/width section
     assert "depth_width_ratio" not in fits
 

@@ -3,13 +3,18 @@ the predictions of the Neural Tangent Hierarchy (linearised, truncated at O3, an
 end-of-training correction to order 1/width)."""
 
 from nthexp.dynamics._predict import (
+    DEFAULT_STENCIL_POINTS,
+    DEFAULT_STENCIL_REL_STEP,
     KernelVelocity,
     LateTimeCorrection,
     Prediction,
+    TrajectoryVelocity,
     kernel_velocity,
     late_time_correction,
     late_time_weights,
     linearized,
+    stencil_log_times,
+    trajectory_velocity,
     truncated_o3,
 )
 from nthexp.dynamics._train import (
@@ -21,6 +26,7 @@ from nthexp.dynamics._train import (
     SOLVERS,
     DivergenceError,
     TrainResult,
+    default_log_times,
     loss_scale,
     train,
 )
@@ -29,6 +35,8 @@ __all__ = [
     "DEFAULT_ATOL",
     "DEFAULT_N_LOG",
     "DEFAULT_RTOL",
+    "DEFAULT_STENCIL_POINTS",
+    "DEFAULT_STENCIL_REL_STEP",
     "LOSS_NORMALIZATIONS",
     "OPTIMIZERS",
     "SOLVERS",
@@ -37,11 +45,15 @@ __all__ = [
     "LateTimeCorrection",
     "Prediction",
     "TrainResult",
+    "TrajectoryVelocity",
+    "default_log_times",
     "kernel_velocity",
     "late_time_correction",
     "late_time_weights",
     "linearized",
     "loss_scale",
+    "stencil_log_times",
     "train",
+    "trajectory_velocity",
     "truncated_o3",
 ]

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import diffrax
 import jax
@@ -473,3 +474,237 @@ def kernel_velocity(
     fd = (8 * (k_at(h) - k_at(-h)) - (k_at(2 * h) - k_at(-2 * h))) / (12 * h)
     rel = float(np.linalg.norm(fd - hierarchy) / np.linalg.norm(fd))
     return KernelVelocity(hierarchy, fd, rel, float(h))
+
+
+#: Points of the difference stencil of :func:`trajectory_velocity` (fourth order).
+DEFAULT_STENCIL_POINTS = 5
+#: Stencil step of :func:`stencil_log_times` relative to the logged time: the
+#: difference error :math:`(\lambda t\, 10^{-3})^4 / 5` stays below ``1e-8`` while the
+#: modes still moving (rate :math:`\lambda`, :math:`\lambda t \lesssim 20` before a
+#: residual of ``1e-8``) are resolved, and the rounding error
+#: :math:`\epsilon \|K_2\| / h` stays small against the kernel's motion over ``h``.
+DEFAULT_STENCIL_REL_STEP = 1e-3
+
+
+def _check_points(points: int) -> int:
+    if isinstance(points, bool) or not isinstance(points, int | np.integer):
+        raise ValueError(f"points={points!r} must be an integer >= 2")
+    if points < 2:
+        raise ValueError(f"points={points} must be >= 2")
+    return int(points)
+
+
+def stencil_log_times(
+    times,
+    *,
+    rel_step: float = DEFAULT_STENCIL_REL_STEP,
+    min_step: float = 0.0,
+    points: int = DEFAULT_STENCIL_POINTS,
+) -> np.ndarray:
+    r"""Logged times for :func:`trajectory_velocity`: each of ``times`` with
+    ``points - 1`` companions one step ``h`` apart, so that the derivative of the
+    recorded :math:`K_2(t)` at that time comes from a tight stencil.
+
+    The step is :math:`h = \max(\texttt{rel\_step}\; t, \texttt{min\_step})` (at
+    ``t = 0``: ``rel_step`` times the smallest positive time, or ``min_step``).
+    Companions lie before the time (:math:`t - h, \dots, t - (p-1) h`, a backward
+    stencil), so a time that training reached has its whole stencil recorded, also
+    when training stops early or at ``t_max``; where that would reach below 0 they
+    lie after it. For optax pass ``min_step = learning_rate`` (steps are whole).
+
+    Args:
+      times: ``(T,)`` the times to check, ``>= 0``.
+
+    Returns:
+      ``(T',)`` sorted, distinct: pass as ``log_times`` to :func:`train`.
+    """
+    points = _check_points(points)
+    times = np.unique(np.asarray(times, dtype=np.float64))
+    if times.size == 0 or times[0] < 0 or not np.all(np.isfinite(times)):
+        raise ValueError(f"times must be finite and >= 0; got {times}")
+    if not rel_step > 0:
+        raise ValueError(f"rel_step={rel_step!r} must be > 0")
+    if not min_step >= 0:
+        raise ValueError(f"min_step={min_step!r} must be >= 0")
+    positive = times[times > 0]
+    t_ref = np.where(times > 0, times, positive[0] if positive.size else 0.0)
+    h = np.maximum(rel_step * t_ref, min_step)
+    if np.any(h <= 0):
+        raise ValueError(
+            f"times={times} has no positive time to set the step at t = 0; give "
+            f"min_step > 0"
+        )
+    k = np.arange(points)
+    backward = times[:, None] - (points - 1) * h[:, None] >= 0
+    offsets = np.where(backward, -k[None, :], k[None, :]) * h[:, None]  # (T, p)
+    return np.unique(times[:, None] + offsets)
+
+
+def _difference_weights(s: np.ndarray, t: float) -> tuple[np.ndarray, float, float]:
+    r"""Weights ``w`` with :math:`\sum_j w_j f(s_j) = f'(t) + O(h^{p-1})` on the
+    ``p`` distinct points ``s``; ``h = max |s - t|``; the error's leading term is
+    :math:`C h^{p-1} f^{(p)}` with the returned ``C``; and :math:`h \sum_j |w_j|`
+    (the factor by which rounding in ``f`` is amplified, times ``h``).
+
+    In the scaled offsets :math:`u_j = (s_j - t)/h` the weights are
+    :math:`\omega / h` with :math:`\sum_j \omega_j u_j^k = \delta_{k1}`,
+    :math:`k < p` (Taylor's theorem; Fornberg 1988 builds the same weights
+    recursively, which matters only for many more points than used here).
+    """
+    d = s - t
+    h = float(np.max(np.abs(d)))
+    u = d / h
+    p = s.shape[0]
+    vander = u[None, :] ** np.arange(p)[:, None]  # (k, j)
+    omega = np.linalg.solve(vander, np.eye(p)[1])
+    coef = abs(float(omega @ u**p)) / math.factorial(p)
+    return omega / h, coef, float(np.sum(np.abs(omega)))
+
+
+@dataclasses.dataclass
+class TrajectoryVelocity:
+    r"""The instantaneous identity :math:`\dot K_2 = -c\, O_3 \cdot r` along a run
+    of :func:`train`, at ``T`` of its logged times, on its ``N_all`` points.
+
+    Attributes:
+      times: ``(T,)`` the checked logged times.
+      dk_dt_trajectory: ``(T, N_all, N_all)`` :math:`\dot K_2` from the recorded
+        :math:`K_2(t)` by a ``points``-point difference over the nearest logged times.
+      dk_dt_hierarchy: ``(T, N_all, N_all)`` :math:`-c \sum_d O_3[a, b, d]\, r_d`
+        at the parameters of each time (``TrainResult.ntk_velocity``).
+      rel_err: ``(T,)`` :math:`\|\text{trajectory} - \text{hierarchy}\|_F /
+        \|\text{hierarchy}\|_F`.
+      rel_err_max: the largest ``rel_err``.
+      abs_err: ``(T,)`` :math:`\|\text{trajectory} - \text{hierarchy}\|_F`.
+      velocity_norm: ``(T,)`` :math:`\|\text{hierarchy}\|_F`: the kernel's speed,
+        which falls with the residual; relative errors at times where it has died
+        out measure rounding, not the identity.
+      h: ``(T,)`` the stencil's reach :math:`\max_j |t_j - t|`.
+      diff_coef: ``(T,)`` the difference error's coefficient ``C``: the error is
+        :math:`C h^{p-1} \|K_2^{(p)}\|`, so relative :math:`\lesssim C (\Lambda h)^{p-1}`
+        when :math:`K_2` moves with rates up to :math:`\Lambda`.
+      round_coef: ``(T,)`` :math:`h \sum_j |w_j|`: rounding (or integrator) error
+        :math:`\delta` in the recorded :math:`K_2` enters as
+        :math:`\delta \cdot \texttt{round\_coef} / h`.
+      points: stencil size.
+    """
+
+    times: np.ndarray
+    dk_dt_trajectory: np.ndarray
+    dk_dt_hierarchy: np.ndarray
+    rel_err: np.ndarray
+    rel_err_max: float
+    abs_err: np.ndarray
+    velocity_norm: np.ndarray
+    h: np.ndarray
+    diff_coef: np.ndarray
+    round_coef: np.ndarray
+    points: int
+
+
+def _logged_indices(run, at) -> np.ndarray:
+    """Indices of the logged times ``at`` (rounded to steps for optax, as
+    :func:`train` rounds ``log_times``)."""
+    times = np.asarray(run.times, dtype=np.float64)
+    if at is None:
+        return np.arange(times.shape[0])
+    at = np.atleast_1d(np.asarray(at, dtype=np.float64))
+    if run.learning_rate is not None:
+        at = np.round(at / run.learning_rate) * run.learning_rate
+    scale = 1e-12 * max(float(np.max(np.abs(times))), 1.0)
+    idx = np.searchsorted(times, at).clip(0, times.shape[0] - 1)
+    left = (idx - 1).clip(0)
+    idx = np.where(np.abs(times[left] - at) < np.abs(times[idx] - at), left, idx)
+    missing = at[np.abs(times[idx] - at) > scale]
+    if missing.size:
+        raise ValueError(
+            f"at={missing.tolist()} are not logged times of the run (it logged "
+            f"{times.shape[0]} times in [{times[0]:.6g}, {times[-1]:.6g}])"
+        )
+    return idx
+
+
+def trajectory_velocity(
+    run, *, at=None, points: int = DEFAULT_STENCIL_POINTS
+) -> TrajectoryVelocity:
+    r"""Check :math:`\dot K_2 = -c \sum_d O_3[\cdot, \cdot, d]\, r_d` at logged times
+    of a real training run (Huang and Yau 2020, sec. 2: the hierarchy's first
+    equation).
+
+    The left side comes from the trajectory: the recorded :math:`K_2(t_j)` at the
+    ``points`` logged times nearest to :math:`t` differenced with the weights exact
+    for polynomials of degree ``points - 1`` (central on an even grid inside, one-
+    sided at its ends and on the backward stencils of :func:`stencil_log_times`).
+    The right side is ``run.ntk_velocity``, computed during training at the
+    parameters of time :math:`t` (:func:`train` with ``record_velocity=True``).
+
+    Expected relative error at time :math:`t` (stencil reach ``h``):
+
+    * difference: :math:`C (\Lambda h)^{p-1}` with ``C = diff_coef`` (1/30 for
+      5 central points, 1/5 for 5 one-sided) and :math:`\Lambda` the fastest rate
+      still present in :math:`K_2(t)`, at most about :math:`2 c \kappa_{max}` (the
+      products :math:`r_c r_d` of the :math:`O_4` term move at
+      :math:`c (\kappa_i + \kappa_j)`);
+    * integrator and rounding: an error :math:`\delta` in the recorded :math:`K_2`
+      becomes :math:`\delta\, \texttt{round\_coef} / (h \|\dot K_2\|)`. diffrax keeps
+      the local error of the parameters near ``rtol`` :math:`\|\theta\|`; the saved
+      states are its dense interpolant, smooth within a step, so this term is mostly
+      rounding, :math:`\epsilon \|K_2\|`. It grows as the motion dies out: near
+      convergence :math:`\|\dot K_2\| \propto \|r\|`;
+    * optimizer: ``"gd"`` adds :math:`O(\texttt{learning\_rate})` (it is the Euler
+      scheme of the flow; its steps are the stencil's points).
+
+    Args:
+      run: a :class:`TrainResult` with ``ntk`` and ``ntk_velocity`` recorded, from
+        ``"flow"`` or ``"gd"`` (the identity is for the gradient flow; momentum and
+        adam move along other directions).
+      at: logged times to check (default: all; rounded to steps for optax).
+      points: stencil size ``p`` (error order ``p - 1``).
+
+    Returns:
+      A :class:`TrajectoryVelocity`.
+    """
+    points = _check_points(points)
+    if run.optimizer not in ("flow", "gd"):
+        raise ValueError(
+            f"optimizer={run.optimizer!r}: the identity dK2/dt = -c O3 . r holds for "
+            f"the gradient flow; allowed: ['flow', 'gd']"
+        )
+    if run.ntk is None or run.ntk_velocity is None:
+        raise ValueError(
+            "the run has no recorded NTK or kernel velocity; train with "
+            "record_ntk=True and record_velocity=True"
+        )
+    times = np.asarray(run.times, dtype=np.float64)
+    if times.shape[0] < points:
+        raise ValueError(
+            f"points={points} needs at least {points} logged times; the run has "
+            f"{times.shape[0]}"
+        )
+    idx = _logged_indices(run, at)
+
+    ntk = np.asarray(run.ntk, dtype=np.float64)
+    hierarchy = np.asarray(run.ntk_velocity, dtype=np.float64)[idx]
+    fd = np.empty_like(hierarchy)
+    h, diff_coef, round_coef = (np.empty(idx.shape[0]) for _ in range(3))
+    for row, i in enumerate(idx):
+        near = np.sort(np.argsort(np.abs(times - times[i]), kind="stable")[:points])
+        w, diff_coef[row], round_coef[row] = _difference_weights(times[near], times[i])
+        h[row] = np.max(np.abs(times[near] - times[i]))
+        fd[row] = np.tensordot(w, ntk[near], axes=1)
+    abs_err = np.linalg.norm(fd - hierarchy, axis=(1, 2))
+    velocity_norm = np.linalg.norm(hierarchy, axis=(1, 2))
+    rel = abs_err / velocity_norm
+    return TrajectoryVelocity(
+        times=times[idx],
+        dk_dt_trajectory=fd,
+        dk_dt_hierarchy=hierarchy,
+        rel_err=rel,
+        rel_err_max=float(np.max(rel)),
+        abs_err=abs_err,
+        velocity_norm=velocity_norm,
+        h=h,
+        diff_coef=diff_coef,
+        round_coef=round_coef,
+        points=points,
+    )

@@ -39,6 +39,7 @@ import optax
 
 from nthexp._config import as_array
 from nthexp.kernels._empirical import METHODS, _ntk, _params_dtype
+from nthexp.kernels._hierarchy import _o3_contract
 
 Optimizer = Literal["gd", "momentum", "adam", "flow"]
 OPTIMIZERS = ("gd", "momentum", "adam", "flow")
@@ -80,6 +81,10 @@ class TrainResult:
       residual_norm: ``(T,)`` :math:`\|f(X) - Y\|_2`.
       ntk: ``(T, N + N_eval, N + N_eval)`` the empirical NTK on
         ``concat(x, x_eval)`` (training points first), or ``None`` if not recorded.
+      ntk_velocity: ``(T, N + N_eval, N + N_eval)`` the hierarchy's kernel velocity
+        :math:`-c \sum_d O_3[a, b, d]\, r_d` at the parameters of each logged time
+        (:func:`nthexp.kernels.o3_contract`, ``d`` over training points), or ``None``
+        if not recorded (``record_velocity``).
       params: the parameters at the last recorded time.
       stop_reason: ``"t_max"`` (ran to the end), ``"tol"`` (residual norm below
         ``tol``), ``"max_steps"`` (solver step cap) or ``"diverged"``.
@@ -101,6 +106,7 @@ class TrainResult:
     stop_reason: str
     diverged_step: int | None = None
     solver_steps: int = 0
+    ntk_velocity: np.ndarray | None = None
 
     @property
     def n_train(self) -> int:
@@ -132,16 +138,24 @@ def _loss_and_residual(model, params, x, y, scale):
     return 0.5 * scale * jnp.sum(r**2), r
 
 
-def _observe(model, params, x, y, x_all, scale, record_ntk, method):
-    """Loss, residual norm, f on all points and (optionally) the NTK on all points."""
+def _observe(model, params, x, y, x_all, scale, record_ntk, record_velocity, method):
+    """Loss, residual norm, f on all points and (optionally) the NTK and the
+    hierarchy's kernel velocity -c O3 . r on all points."""
     with jax.default_matmul_precision("highest"):
         loss, r = _loss_and_residual(model, params, x, y, scale)
         f_all = model.apply({"params": params}, x_all)
         k = _ntk(model, params, x_all, None, method, False) if record_ntk else None
-    return loss, jnp.linalg.norm(r), f_all, k
+        velocity = None
+        if record_velocity:
+            # The residual is zero on the evaluation points: they are not trained on.
+            r_all = jnp.concatenate([r, jnp.zeros(x_all.shape[0] - r.shape[0], r.dtype)])
+            velocity = -scale * _o3_contract(model, params, x_all, r_all, method)
+    return loss, jnp.linalg.norm(r), f_all, k, velocity
 
 
-_observe_jit = jax.jit(_observe, static_argnames=("model", "record_ntk", "method"))
+_observe_jit = jax.jit(
+    _observe, static_argnames=("model", "record_ntk", "record_velocity", "method")
+)
 
 
 def _make_tx(optimizer, learning_rate, momentum):
@@ -198,6 +212,7 @@ _SOLVERS = {
         "model",
         "solver",
         "record_ntk",
+        "record_velocity",
         "method",
         "max_steps",
         "progress",
@@ -217,6 +232,7 @@ def _flow_solve(
     atol,
     solver,
     record_ntk,
+    record_velocity,
     method,
     max_steps,
     progress,
@@ -227,7 +243,9 @@ def _flow_solve(
         return jax.tree.map(jnp.negative, g)
 
     def observe(t, p, args):
-        return _observe(model, p, x, y, x_all, scale, record_ntk, method)
+        return _observe(
+            model, p, x, y, x_all, scale, record_ntk, record_velocity, method
+        )
 
     def converged(t, p, args, **kwargs):
         r = model.apply({"params": p}, x) - y
@@ -284,7 +302,19 @@ def _check_args(optimizer, learning_rate, steps, t_max, solver, method):
         raise ValueError(f"give exactly one of steps and t_max; got {steps=}, {t_max=}")
 
 
-def _default_log_times(t_max: float, t_first: float, n_log: int) -> np.ndarray:
+def default_log_times(
+    t_max: float, *, n_log: int = DEFAULT_N_LOG, learning_rate: float | None = None
+) -> np.ndarray:
+    """``(n_log,)`` the logged times :func:`train` uses when ``log_times`` is not
+    given: ``t = 0`` and ``n_log - 1`` log-spaced times up to ``t_max``, from
+    ``1e-4 t_max`` (flow, ``learning_rate=None``) or from one step (optax; ``t_max``
+    then rounded up to a whole number of steps)."""
+    n_log = max(int(n_log), 2)
+    if learning_rate is None:
+        t_first = 1e-4 * t_max
+    else:
+        t_first = learning_rate
+        t_max = math.ceil(t_max / learning_rate - 1e-9) * learning_rate
     return np.concatenate([[0.0], np.geomspace(t_first, t_max, n_log - 1)])
 
 
@@ -302,6 +332,7 @@ def train(
     log_times=None,
     n_log: int = DEFAULT_N_LOG,
     record_ntk: bool = True,
+    record_velocity: bool = False,
     tol: float = 0.0,
     loss_normalization: LossNormalization = "mean",
     momentum: float = DEFAULT_MOMENTUM,
@@ -327,6 +358,10 @@ def train(
         ``t = 0`` and ``n_log - 1`` log-spaced times up to ``t_max``, from one step
         (optax) or from ``1e-4 t_max`` (flow).
       record_ntk: record the NTK on ``concat(x, x_eval)`` at the logged times.
+      record_velocity: also record the hierarchy's kernel velocity
+        :math:`-c\, O_3 \cdot r` there (``ntk_velocity``; one
+        :func:`nthexp.kernels.o3_contract`, about 3 NTKs, per logged time), for
+        :func:`nthexp.dynamics.trajectory_velocity`.
       tol: stopping rule; training stops once :math:`\|f(X) - Y\|_2 <` ``tol`` (that
         state is recorded as the last entry). ``0`` never stops early.
       loss_normalization: ``"mean"`` (:math:`c = 1/N`, DESIGN.md) or ``"sum"``.
@@ -360,6 +395,7 @@ def train(
         n=n,
         n_eval=x_all.shape[0] - n,
         record_ntk=record_ntk,
+        record_velocity=bool(record_velocity),
     )
 
     if optimizer == "flow":
@@ -407,12 +443,12 @@ def _result(
 ):
     n = common["n"]
     if records:
-        times, steps, loss, rnorm, f_all, k = (
+        times, steps, loss, rnorm, f_all, k, velocity = (
             list(z) for z in zip(*records, strict=True)
         )
         f_all = np.asarray(f_all)
     else:
-        times, steps, loss, rnorm, k = [], [], [], [], []
+        times, steps, loss, rnorm, k, velocity = [], [], [], [], [], []
         f_all = np.zeros((0, n + common["n_eval"]))
     return TrainResult(
         times=np.asarray(times, dtype=float),
@@ -429,6 +465,7 @@ def _result(
         stop_reason=stop_reason,
         diverged_step=diverged_step,
         solver_steps=int(solver_steps),
+        ntk_velocity=np.asarray(velocity) if common["record_velocity"] else None,
     )
 
 
@@ -454,7 +491,7 @@ def _train_optax(
     lr = float(lr)
     steps = int(math.ceil(t_max / lr - 1e-9)) if steps is None else int(steps)
     if log_times is None:
-        log_times = _default_log_times(steps * lr, lr, max(n_log, 2))
+        log_times = default_log_times(steps * lr, n_log=n_log, learning_rate=lr)
     log_steps = np.unique(np.clip(np.round(np.asarray(log_times) / lr), 0, steps))
     log_steps = log_steps.astype(int)
 
@@ -468,6 +505,7 @@ def _train_optax(
         x_all=x_all,
         scale=scale,
         record_ntk=common["record_ntk"],
+        record_velocity=common["record_velocity"],
         method=method,
     )
     records = []
@@ -497,7 +535,7 @@ def _train_optax(
             if bar is not None:
                 bar.update(new_step - step)
             step = new_step
-            loss, rnorm, f_all, k = observe(params)
+            loss, rnorm, f_all, k, velocity = observe(params)
             if status == 1 or not np.isfinite(float(loss)):
                 message = (
                     f"training diverged: non-finite loss at step {step} "
@@ -514,6 +552,7 @@ def _train_optax(
                     float(rnorm),
                     np.asarray(f_all),
                     None if k is None else np.asarray(k),
+                    None if velocity is None else np.asarray(velocity),
                 )
             )
             if status == 2:
@@ -545,7 +584,7 @@ def _train_flow(
 ):
     t_max = float(t_max)
     if log_times is None:
-        log_times = _default_log_times(t_max, 1e-4 * t_max, max(n_log, 2))
+        log_times = default_log_times(t_max, n_log=n_log)
     ts = jnp.asarray(np.unique(np.clip(np.asarray(log_times, dtype=float), 0, t_max)))
     out = _flow_solve(
         model,
@@ -561,6 +600,7 @@ def _train_flow(
         atol,
         solver,
         common["record_ntk"],
+        common["record_velocity"],
         method,
         int(max_steps),
         bool(progress),
@@ -569,9 +609,19 @@ def _train_flow(
     p_end = jax.tree.map(lambda a: a[0], p_end)
     ts_saved = np.asarray(ts_saved)
     keep = np.isfinite(ts_saved) & (ts_saved <= float(t_end))
-    loss, rnorm, f_all, k = (None if a is None else np.asarray(a) for a in obs)
+    loss, rnorm, f_all, k, velocity = (
+        None if a is None else np.asarray(a) for a in obs
+    )
     records = [
-        (ts_saved[i], -1, loss[i], rnorm[i], f_all[i], None if k is None else k[i])
+        (
+            ts_saved[i],
+            -1,
+            loss[i],
+            rnorm[i],
+            f_all[i],
+            None if k is None else k[i],
+            None if velocity is None else velocity[i],
+        )
         for i in np.flatnonzero(keep)
     ]
     t_end = float(t_end)
@@ -584,6 +634,7 @@ def _train_flow(
                 float(final[1]),
                 np.asarray(final[2]),
                 None if final[3] is None else np.asarray(final[3]),
+                None if final[4] is None else np.asarray(final[4]),
             )
         )
 

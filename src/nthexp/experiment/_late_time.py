@@ -27,7 +27,13 @@ metric is a relative Frobenius error :math:`\|pred - actual\| / \|actual\|`:
                      \Delta f`
 
 and ``lt_identity_rel_err`` is :func:`nthexp.dynamics.kernel_velocity`'s ``rel_err`` at
-initialisation (:math:`\dot K_2 = -c\, O_3 \cdot r_0`). Expected scaling with the width
+initialisation (:math:`\dot K_2 = -c\, O_3 \cdot r_0`). Along the run (``"flow"`` and
+``"gd"``), each logged time gets backward companions ``cfg.dynamics.identity_rel_step``
+apart (:func:`nthexp.dynamics.stencil_log_times`) and
+:func:`nthexp.dynamics.trajectory_velocity` compares :math:`\dot K_2` of the recorded
+:math:`K_2(t)` with :math:`-c\, O_3 \cdot r(t)` there: ``lt_identity_rel_err_max`` is the
+largest per-time relative error, ``lt_identity_err_max`` the largest error relative to
+the run's largest velocity. Expected scaling with the width
 ``n``: the first four errors of a prediction correct to order :math:`1/n` fall like
 :math:`1/n` (``lt_err_dk_full``, ``lt_err_df_eval``, ``lt_err_f_linear``); those missing
 a part of order :math:`1/n` stay of order one (``lt_err_dk_o3``, ``lt_err_dk_o4sym``);
@@ -81,11 +87,15 @@ def late_time_metrics(
 
     Returns:
       metrics: the ``lt_*`` scalars (module docstring), ``lt_final_residual``,
-        ``lt_stop_reason``, ``lt_converged``, ``lt_t_end``, ``lt_solver_steps`` and
-        ``lt_dk_rel`` (:math:`\|\Delta K_2\|_F / \|K_2(0)\|_F`).
+        ``lt_stop_reason``, ``lt_converged``, ``lt_t_end``, ``lt_solver_steps``,
+        ``lt_dk_rel`` (:math:`\|\Delta K_2\|_F / \|K_2(0)\|_F`) and, for ``"flow"``
+        and ``"gd"``, ``lt_identity_rel_err_max``, ``lt_identity_err_max``,
+        ``lt_identity_n_times``.
       arrays: for ``spectra.npz``: ``lt_dk_actual`` and ``lt_dk_pred``
         ``(N, N)`` (training points first), ``lt_times`` and ``lt_residual_norm``
-        ``(T,)`` (the logged training path).
+        ``(T,)`` (the logged training path, stencil companions included), and for
+        ``"flow"``/``"gd"`` ``lt_identity_times``, ``lt_identity_rel_err_t`` and
+        ``lt_identity_velocity_norm`` ``(T_check,)`` (the identity per checked time).
       timing: seconds of ``lt_train``, ``lt_predict``, ``lt_identity``.
     """
     dyn = cfg.dynamics
@@ -95,6 +105,19 @@ def late_time_metrics(
     y_train = np.asarray(y, dtype=np.float64)[train_rows]
     has_eval = x_eval.shape[0] > 0
     timing = {}
+
+    # The identity along the run needs the gradient flow (gd: to first order in the
+    # step); momentum and adam move along other directions.
+    along_run = dyn.optimizer in ("flow", "gd")
+    log_times, base_times = None, None
+    if along_run:
+        lr = None if dyn.optimizer == "flow" else float(dyn.learning_rate)
+        base_times = nx.dynamics.default_log_times(
+            float(dyn.t_max), n_log=int(dyn.n_log), learning_rate=lr
+        )
+        log_times = nx.dynamics.stencil_log_times(
+            base_times, rel_step=float(dyn.identity_rel_step), min_step=lr or 0.0
+        )
 
     tic = time.perf_counter()
     run = nx.dynamics.train(
@@ -106,7 +129,9 @@ def late_time_metrics(
         optimizer=dyn.optimizer,
         learning_rate=dyn.learning_rate,
         t_max=float(dyn.t_max),
+        log_times=log_times,
         n_log=int(dyn.n_log),
+        record_velocity=along_run,
         tol=float(dyn.tol),
         loss_normalization=dyn.loss_normalization,
         solver=dyn.solver,
@@ -166,11 +191,15 @@ def late_time_metrics(
         method=cfg.kernel.method,
         loss_normalization=dyn.loss_normalization,
     )
+    path = {}
+    if along_run:
+        path = _identity_along_run(run, base_times)
     timing["lt_identity"] = time.perf_counter() - tic
 
     metrics.update(
         {
             "lt_identity_rel_err": float(velocity.rel_err),
+            **path.pop("metrics", {}),
             "lt_final_residual": final_residual,
             "lt_stop_reason": run.stop_reason,
             "lt_converged": converged,
@@ -191,5 +220,35 @@ def late_time_metrics(
         "lt_dk_pred": np.asarray(pred.dk, dtype=np.float64),
         "lt_times": np.asarray(run.times, dtype=np.float64),
         "lt_residual_norm": np.asarray(run.residual_norm, dtype=np.float64),
+        **path,
     }
     return metrics, arrays, timing
+
+
+def _identity_along_run(run, base_times: np.ndarray) -> dict:
+    """The identity at each base logged time that training reached (the appended end
+    point of a ``tol`` stop has no stencil); ``{"metrics": {...}, arrays...}``."""
+    reached = base_times[base_times <= run.times[-1]]
+    check = nx.dynamics.trajectory_velocity(run, at=reached)
+    worst = int(np.argmax(check.rel_err))
+    log.info(
+        "late_time: identity along the run at %d logged times: largest relative "
+        "error %.3g at t = %.4g (|dK2/dt| = %.3g there, %.3g at most)",
+        check.times.shape[0],
+        check.rel_err_max,
+        check.times[worst],
+        check.velocity_norm[worst],
+        check.velocity_norm.max(),
+    )
+    return {
+        "metrics": {
+            "lt_identity_rel_err_max": check.rel_err_max,
+            "lt_identity_err_max": float(
+                check.abs_err.max() / check.velocity_norm.max()
+            ),
+            "lt_identity_n_times": int(check.times.shape[0]),
+        },
+        "lt_identity_times": check.times,
+        "lt_identity_rel_err_t": check.rel_err,
+        "lt_identity_velocity_norm": check.velocity_norm,
+    }

@@ -129,7 +129,7 @@ def _validate_dynamics(cfg: DictConfig) -> None:
         )
     _check_int("dynamics.n_log", dyn.n_log, 2)
     _check_int("dynamics.max_solver_steps", dyn.max_solver_steps, 1)
-    for name in ("t_max", "rtol", "atol"):
+    for name in ("t_max", "rtol", "atol", "identity_rel_step"):
         if not _is_number(dyn[name]) or dyn[name] <= 0:
             raise ConfigError(f"dynamics.{name}", dyn[name], "must be a number > 0")
     if not _is_number(dyn.tol) or dyn.tol < 0:

@@ -179,6 +179,14 @@ def late_time_markdown(table: pd.DataFrame, fits: dict) -> list[str]:
             f"{table['lt_identity_rel_err'].max():.3g}.",
             "",
         ]
+    if "lt_identity_err_max" in table.columns:
+        md += [
+            "Identity dK2/dt = -(1/N) O3 . r along each run, at "
+            f"{int(table['lt_identity_n_times'].min())} or more logged times "
+            "(largest error relative to the run's largest kernel velocity, "
+            f"`lt_identity_err_max`): at most {table['lt_identity_err_max'].max():.3g}.",
+            "",
+        ]
     return md
 
 
