@@ -102,6 +102,8 @@ def test_logger_mode_follows_environment(monkeypatch):
         ["data=torus"],
         ["experiment=smoke"],
         ["experiment=quickstart"],
+        ["experiment=lyapunov"],
+        ["lyapunov=default"],
     ],
 )
 def test_every_option_composes_and_validates(overrides):

@@ -92,17 +92,27 @@ def _shift(params, tangent, eps):
     return jax.tree.map(lambda p, t: p + eps * t, params, tangent)
 
 
+def _derivative(fn, params, tangent, eps=1e-5):
+    """Fourth-order central difference of ``fn(params)`` along ``tangent``: the
+    truncation error is about ``(eps |tangent|)^4 |fn^(5)| / 30`` (a second-order
+    difference, ``(eps |tangent|)^2 / 6``, reached 2e-7 for a depth-4 erf net whose
+    gradients are large), the rounding error about ``1e-16 |fn| / eps``."""
+
+    def at(h):
+        return fn(_shift(params, tangent, h))
+
+    return (8 * (at(eps) - at(-eps)) - (at(2 * eps) - at(-2 * eps))) / (12 * eps)
+
+
 def test_o3_is_the_derivative_of_the_ntk(tensors):
-    """Central finite difference of K2 along g_c, float64, step 1e-5 (error ~1e-10)."""
+    """O3[:, :, c] is the derivative of K2 along g_c (float64, fourth-order central
+    difference, step 1e-5)."""
     model, params = tensors["model"], tensors["params"]
     o3 = tensors[("o3", "structured")]
     g = _grads(model, params, X)
-    eps = 1e-5
     for c in range(N):
         g_c = jax.tree.map(lambda t, c=c: t[c], g)
-        k_plus = nx.kernels.ntk(model, _shift(params, g_c, eps), X)
-        k_minus = nx.kernels.ntk(model, _shift(params, g_c, -eps), X)
-        fd = (k_plus - k_minus) / (2 * eps)
+        fd = _derivative(lambda p: nx.kernels.ntk(model, p, X), params, g_c)
         err = float(jnp.max(jnp.abs(o3[:, :, c] - fd)) / jnp.max(jnp.abs(o3)))
         assert err < 1e-7, f"c={c}: finite difference rel err {err:.2e}"
 
@@ -138,12 +148,9 @@ def test_o4_is_the_derivative_of_o3(tensors):
     model, params = tensors["model"], tensors["params"]
     o4 = tensors[("o4", "structured")]
     g = _grads(model, params, X)
-    eps = 1e-5
     d = 1
     g_d = jax.tree.map(lambda t: t[d], g)
-    plus = nx.kernels.o3(model, _shift(params, g_d, eps), X)
-    minus = nx.kernels.o3(model, _shift(params, g_d, -eps), X)
-    fd = (plus - minus) / (2 * eps)
+    fd = _derivative(lambda p: nx.kernels.o3(model, p, X), params, g_d)
     err = float(jnp.max(jnp.abs(o4[..., d] - fd)) / jnp.max(jnp.abs(o4)))
     assert err < 1e-6, f"d={d}: finite difference rel err {err:.2e}"
 

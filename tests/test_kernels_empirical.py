@@ -81,8 +81,9 @@ def test_blocked_sum_equals_jacobian(kind):
         assert got.shape == ref.shape
         assert _rel_err(got, ref) < 1e-10
     k = np.asarray(nx.kernels.ntk(model, params, x1))
-    np.testing.assert_array_equal(k, np.swapaxes(np.swapaxes(k, 0, 1), -1, -2)
-                                  if k.ndim == 4 else k.T)
+    np.testing.assert_array_equal(
+        k, np.swapaxes(np.swapaxes(k, 0, 1), -1, -2) if k.ndim == 4 else k.T
+    )
 
 
 def test_ntk_is_symmetric_psd():

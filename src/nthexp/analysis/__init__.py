@@ -20,6 +20,7 @@ from nthexp.analysis._fit import CurvatureCheck, PowerLawFit, fit_power_law
 from nthexp.analysis._lyapunov import (
     LogNormVariance,
     LyapunovSpectrum,
+    NoSurvivorsError,
     log_norm_variance,
     lyapunov_closed_form,
     lyapunov_exponents,
@@ -45,6 +46,7 @@ __all__ = [
     "CurvatureCheck",
     "LogNormVariance",
     "LyapunovSpectrum",
+    "NoSurvivorsError",
     "NegativeEigenvalueError",
     "OutlierBulk",
     "PowerLawFit",

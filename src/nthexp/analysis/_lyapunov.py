@@ -50,6 +50,11 @@ KINDS = ("gaussian", "relu", "network")
 _ZERO_DIAGONAL_ULPS = 1.0
 
 
+class NoSurvivorsError(ValueError):
+    """Too few ReLU chains survived (every unit of some layer off) to estimate
+    anything; raised by :func:`lyapunov_exponents` and :func:`log_norm_variance`."""
+
+
 @dataclass(frozen=True)
 class LyapunovSpectrum:
     r"""Result of :func:`lyapunov_exponents`.
@@ -473,7 +478,7 @@ def lyapunov_exponents(
         top = float(closed[0]) if closed is not None else relu_top_exponent(n, s_value)
 
     if not np.any(alive):
-        raise ValueError(
+        raise NoSurvivorsError(
             f"no sample survived: every one of the {n_samples} forward passes died "
             f"(all units off) at {width=}, {depth=}; increase width or n_samples"
         )
@@ -570,7 +575,7 @@ def log_norm_variance(
         _numpy_rng(key), n_samples, n, int(depths.max()), kind, dt, s_value
     )
     if np.count_nonzero(alive) < 2:
-        raise ValueError(
+        raise NoSurvivorsError(
             f"{np.count_nonzero(alive)} of {n_samples} samples survived at {width=}; "
             "need at least 2; increase width or n_samples"
         )

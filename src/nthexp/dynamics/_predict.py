@@ -581,8 +581,9 @@ class TrajectoryVelocity:
         out measure rounding, not the identity.
       h: ``(T,)`` the stencil's reach :math:`\max_j |t_j - t|`.
       diff_coef: ``(T,)`` the difference error's coefficient ``C``: the error is
-        :math:`C h^{p-1} \|K_2^{(p)}\|`, so relative :math:`\lesssim C (\Lambda h)^{p-1}`
-        when :math:`K_2` moves with rates up to :math:`\Lambda`.
+        :math:`C h^{p-1} \|K_2^{(p)}\|`, so relative
+        :math:`\lesssim C (\Lambda h)^{p-1}` when :math:`K_2` moves with rates up
+        to :math:`\Lambda`.
       round_coef: ``(T,)`` :math:`h \sum_j |w_j|`: rounding (or integrator) error
         :math:`\delta` in the recorded :math:`K_2` enters as
         :math:`\delta \cdot \texttt{round\_coef} / h`.

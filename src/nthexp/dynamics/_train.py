@@ -148,7 +148,9 @@ def _observe(model, params, x, y, x_all, scale, record_ntk, record_velocity, met
         velocity = None
         if record_velocity:
             # The residual is zero on the evaluation points: they are not trained on.
-            r_all = jnp.concatenate([r, jnp.zeros(x_all.shape[0] - r.shape[0], r.dtype)])
+            r_all = jnp.concatenate(
+                [r, jnp.zeros(x_all.shape[0] - r.shape[0], r.dtype)]
+            )
             velocity = -scale * _o3_contract(model, params, x_all, r_all, method)
     return loss, jnp.linalg.norm(r), f_all, k, velocity
 

@@ -28,12 +28,13 @@ metric is a relative Frobenius error :math:`\|pred - actual\| / \|actual\|`:
 
 and ``lt_identity_rel_err`` is :func:`nthexp.dynamics.kernel_velocity`'s ``rel_err`` at
 initialisation (:math:`\dot K_2 = -c\, O_3 \cdot r_0`). Along the run (``"flow"`` and
-``"gd"``), each logged time gets backward companions ``cfg.dynamics.identity_rel_step``
-apart (:func:`nthexp.dynamics.stencil_log_times`) and
-:func:`nthexp.dynamics.trajectory_velocity` compares :math:`\dot K_2` of the recorded
-:math:`K_2(t)` with :math:`-c\, O_3 \cdot r(t)` there: ``lt_identity_rel_err_max`` is the
-largest per-time relative error, ``lt_identity_err_max`` the largest error relative to
-the run's largest velocity. Expected scaling with the width
+``"gd"``), each logged time gets backward companions
+``cfg.dynamics.identity_rel_step`` apart (:func:`nthexp.dynamics.stencil_log_times`)
+and :func:`nthexp.dynamics.trajectory_velocity` compares :math:`\dot K_2` of the
+recorded :math:`K_2(t)` with :math:`-c\, O_3 \cdot r(t)` there:
+``lt_identity_rel_err_max`` is the largest per-time relative error,
+``lt_identity_err_max`` the largest error relative to the run's largest velocity.
+Expected scaling with the width
 ``n``: the first four errors of a prediction correct to order :math:`1/n` fall like
 :math:`1/n` (``lt_err_dk_full``, ``lt_err_df_eval``, ``lt_err_f_linear``); those missing
 a part of order :math:`1/n` stay of order one (``lt_err_dk_o3``, ``lt_err_dk_o4sym``);

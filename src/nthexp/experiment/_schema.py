@@ -24,9 +24,10 @@ from numbers import Integral, Real
 from pathlib import Path
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import nthexp as nx
+from nthexp.analysis._lyapunov import KINDS as LYAPUNOV_KINDS
 from nthexp.experiment._conf import find_conf_dir
 from nthexp.experiment._validate import (
     DTYPES,
@@ -117,6 +118,45 @@ class Str:
 
 
 @dataclass(frozen=True)
+class ChoiceList:
+    """A non-empty list of distinct strings from a fixed set."""
+
+    allowed: tuple
+
+    def check(self, field: str, value) -> None:
+        value = _plain(value)
+        ok = isinstance(value, list) and len(value) > 0
+        ok = ok and all(isinstance(v, str) and v in self.allowed for v in value)
+        if not ok or len(set(value)) != len(value):
+            raise ConfigError(
+                field,
+                value,
+                f"must be a non-empty list of distinct values from "
+                f"{sorted(self.allowed)}",
+            )
+
+
+@dataclass(frozen=True)
+class IntList:
+    """A list of strictly increasing integers >= ``low``, possibly empty."""
+
+    low: int
+
+    def check(self, field: str, value) -> None:
+        value = _plain(value)
+        ok = isinstance(value, list) and all(
+            isinstance(v, Integral) and not isinstance(v, bool) and v >= self.low
+            for v in value
+        )
+        if not ok or any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            raise ConfigError(
+                field,
+                value,
+                f"must be a list of increasing integers >= {self.low} (empty: none)",
+            )
+
+
+@dataclass(frozen=True)
 class Any_:
     """Checked by the module that uses it (e.g. ResNet's ``alpha``)."""
 
@@ -160,6 +200,12 @@ FIELDS = {
     "logger.project": Str(),
     "logger.log_spectra": Bool(),
     "dynamics.enabled": Bool(),
+    "lyapunov.enabled": Bool(),
+    "lyapunov.kinds": ChoiceList(LYAPUNOV_KINDS),
+    "lyapunov.steps": Int(1),
+    "lyapunov.n_samples": Int(2),
+    "lyapunov.log_norm_depths": IntList(1),
+    "lyapunov.log_norm_samples": Int(2),
 }
 
 
@@ -226,6 +272,6 @@ def check_schema(cfg: DictConfig, conf_dir: Path | None = None) -> None:
 
 def _plain(value):
     """A config node as plain Python, for the message."""
-    if isinstance(value, DictConfig):
+    if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     return value

@@ -44,6 +44,7 @@ from nthexp.experiment._files import (
     write_text_atomic,
 )
 from nthexp.experiment._late_time import late_time_metrics
+from nthexp.experiment._lyapunov import lyapunov_metrics
 from nthexp.experiment._validate import build_model
 
 log = logging.getLogger(__name__)
@@ -415,6 +416,11 @@ def compute_point(
         )
         timing.update(late_time_timing)
 
+    lyapunov, lyapunov_arrays = {}, {}
+    if cfg.lyapunov.enabled:
+        lyapunov, lyapunov_arrays, lyapunov_timing = lyapunov_metrics(cfg, model)
+        timing.update(lyapunov_timing)
+
     tic = time.perf_counter()
     spec_emp = nx.analysis.spectrum(k_emp)
     spec_inf = nx.analysis.spectrum(k_inf)
@@ -432,6 +438,7 @@ def compute_point(
         **hierarchy,
         **outputs,
         **late_time,
+        **lyapunov,
         **diag,
         "n_params": nx.models.param_count(params),
         "n": int(x.shape[0]),
@@ -449,6 +456,7 @@ def compute_point(
         "inf": np.asarray(spec_inf.eigenvalues, dtype=np.float64),
         **hierarchy_spectra,
         **late_time_arrays,
+        **lyapunov_arrays,
         **diag_arrays,
     }
     return metrics, spectra

@@ -100,6 +100,8 @@ def validate(cfg: DictConfig) -> None:
 
     if cfg.dynamics.enabled:
         _validate_dynamics(cfg)
+    if cfg.lyapunov.enabled:
+        _validate_lyapunov(cfg)
 
     _check_choice("logger.name", cfg.logger.name, LOGGER_NAMES)
     _check_choice("logger.mode", cfg.logger.mode, WANDB_MODES)
@@ -147,6 +149,18 @@ def _validate_dynamics(cfg: DictConfig) -> None:
             cfg.model.n_out,
             "must be 1 with dynamics.enabled=true "
             "(the late-time predictions are for scalar outputs)",
+        )
+
+
+def _validate_lyapunov(cfg: DictConfig) -> None:
+    """The Lyapunov stage (``lyapunov=default``); types and ranges are the schema's."""
+    kinds = list(cfg.lyapunov.kinds)
+    if "network" in kinds and cfg.model.name == "resnet":
+        raise ConfigError(
+            "lyapunov.kinds",
+            kinds,
+            "may hold 'network' only with an MLP (model.name 'mlp' or 'narrow_deep'); "
+            "got model.name='resnet', whose blocks are not layer-to-layer maps",
         )
 
 

@@ -188,9 +188,9 @@ def _ntk_structured(model, params, x1, x2, block_rows: int | None = None):
 
     With ``block_rows``, more rows than that and narrow layers (mean
     ``n_in + n_out`` at most :data:`CPU_BLOCK_MAX_INNER`), the kernel is assembled
-    from blocks of that many rows and columns (:func:`_gram_sum_blocked`): the same values
-    up to the order of floating-point sums, faster on CPUs, and when ``x2`` is None
-    only the blocks on and above the diagonal are computed.
+    from blocks of that many rows and columns (:func:`_gram_sum_blocked`): the same
+    values up to the order of floating-point sums, faster on CPUs, and when ``x2`` is
+    None only the blocks on and above the diagonal are computed.
     """
     f1 = list(layer_factors(model, params, x1).values())
     f2 = f1 if x2 is None else list(layer_factors(model, params, x2).values())

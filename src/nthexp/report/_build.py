@@ -24,6 +24,7 @@ from nthexp.report._depth_width import depth_width_fit, depth_width_markdown
 from nthexp.report._figures import HIERARCHY_RESPONSES, make_figures
 from nthexp.report._fits import DEPTH, SEED, WIDTH, fit_table
 from nthexp.report._late_time import late_time_fits, late_time_markdown
+from nthexp.report._lyapunov import lyapunov_fit, lyapunov_markdown
 from nthexp.report._scaling import study_fits, study_markdown
 
 log = logging.getLogger(__name__)
@@ -307,16 +308,7 @@ def _markdown(runs: SweepRuns, fits: dict, figures: list[Path], sweep_dir: Path)
         f"{fits.get('level')}, standard errors from the seed spread."
     )
     md.append("")
-    rows = exponent_rows(fits)
-    if rows:
-        md += [
-            "| fit | exponent | interval | R^2 | fitted range |",
-            "|---|---|---|---|---|",
-        ]
-        md += [f"| {' | '.join(r)} |" for r in rows]
-    else:
-        md.append(fits.get("error", "No fit: width and depth do not vary."))
-    md.append("")
+    md += _exponent_table(fits, "No fit: width and depth do not vary.")
     if fits.get("flags"):
         md += ["Flags (all-widths and small depth/width fits disagree):", ""]
         md += [f"- {flag}" for flag in fits["flags"]]
@@ -334,19 +326,11 @@ def _markdown(runs: SweepRuns, fits: dict, figures: list[Path], sweep_dir: Path)
     ):
         for name, sub in group.items():
             md += [f"### {title}: `{name}`", ""]
-            sub_rows = exponent_rows(sub)
-            if sub_rows:
-                md += [
-                    "| fit | exponent | interval | R^2 | fitted range |",
-                    "|---|---|---|---|---|",
-                ]
-                md += [f"| {' | '.join(r)} |" for r in sub_rows]
-            else:
-                md.append(sub.get("error", "No fit."))
-            md.append("")
+            md += _exponent_table(sub, "No fit.")
 
     md += late_time_markdown(runs.table, fits.get("late_time", {}))
     md += depth_width_markdown(fits.get("depth_width_ratio"))
+    md += lyapunov_markdown(fits.get("lyapunov"))
     md += study_markdown(fits)
 
     if figures:
@@ -403,6 +387,9 @@ def build_report(sweep_dir: str | Path, analysis: dict | None = None) -> Report:
         depth_width = depth_width_fit(runs, float(settings["level"]))
         if depth_width is not None:
             fits["depth_width_ratio"] = depth_width
+        lyapunov = lyapunov_fit(runs)
+        if lyapunov is not None:
+            fits["lyapunov"] = lyapunov
         fits.update(study_fits(runs, settings["response"], float(settings["level"])))
     fits_path = sweep_dir / "fits.json"
     write_json_atomic(fits_path, json.loads(json.dumps(fits, default=str)))
@@ -411,3 +398,16 @@ def build_report(sweep_dir: str | Path, analysis: dict | None = None) -> Report:
     markdown_path = sweep_dir / "report.md"
     write_text_atomic(markdown_path, _markdown(runs, fits, figures, sweep_dir))
     return Report(runs, fits, figures, markdown_path, parquet_path, fits_path)
+
+
+def _exponent_table(fits: dict, no_fit: str) -> list[str]:
+    """Markdown lines: the table of :func:`exponent_rows`, or why there is no fit."""
+    rows = exponent_rows(fits)
+    if not rows:
+        return [fits.get("error", no_fit), ""]
+    return [
+        "| fit | exponent | interval | R^2 | fitted range |",
+        "|---|---|---|---|---|",
+        *(f"| {' | '.join(r)} |" for r in rows),
+        "",
+    ]

@@ -18,6 +18,7 @@ from nthexp.report._collect import SweepRuns  # noqa: E402
 from nthexp.report._depth_width import depth_width_figure  # noqa: E402
 from nthexp.report._fits import DEPTH, SEED, WIDTH  # noqa: E402
 from nthexp.report._late_time import late_time_figure  # noqa: E402
+from nthexp.report._lyapunov import lyapunov_figures  # noqa: E402
 from nthexp.report._scaling import weyl_figure  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ def make_figures(runs: SweepRuns, fits: dict, out_dir: Path) -> list[Path]:
         paths.append(_save(*late_time))
     if fits.get("depth_width_ratio") is not None:
         paths.append(_save(*depth_width_figure(fits["depth_width_ratio"], out_dir)))
+    paths += [_save(*pair) for pair in lyapunov_figures(fits.get("lyapunov"), out_dir)]
     weyl = weyl_figure(table, out_dir)
     if weyl is not None:
         paths.append(_save(*weyl))

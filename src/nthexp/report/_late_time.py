@@ -184,7 +184,8 @@ def late_time_markdown(table: pd.DataFrame, fits: dict) -> list[str]:
             "Identity dK2/dt = -(1/N) O3 . r along each run, at "
             f"{int(table['lt_identity_n_times'].min())} or more logged times "
             "(largest error relative to the run's largest kernel velocity, "
-            f"`lt_identity_err_max`): at most {table['lt_identity_err_max'].max():.3g}.",
+            "`lt_identity_err_max`): at most "
+            f"{table['lt_identity_err_max'].max():.3g}.",
             "",
         ]
     return md

@@ -69,6 +69,25 @@ def _finish_quietly() -> None:
         pass
 
 
+def _logged(mode: str, write, **init) -> str | None:
+    """One wandb run, ``wandb.init(mode=..., **init)``, filled by ``write(run,
+    wandb)`` and finished, with the fallbacks of :func:`_with_fallback`; returns the
+    mode used."""
+    if mode == "disabled":
+        return "disabled"
+
+    def body(m: str) -> None:
+        import wandb
+
+        run = wandb.init(mode=m, reinit="finish_previous", settings=_settings(), **init)
+        try:
+            write(run, wandb)
+        finally:
+            run.finish()
+
+    return _with_fallback(mode, body)
+
+
 def log_point(
     *,
     mode: str,
@@ -82,46 +101,38 @@ def log_point(
     tags: list[str] | None = None,
 ) -> str | None:
     """Log one sweep point (config, metrics as summary, eigenvalue table/histograms)."""
-    if mode == "disabled":
-        return "disabled"
 
-    def body(m: str) -> None:
-        import wandb
-
-        run = wandb.init(
-            mode=m,
-            project=project,
-            dir=str(run_dir),
-            group=group,
-            job_type="point",
-            name=name,
-            config=config,
-            tags=tags,
-            reinit="finish_previous",
-            settings=_settings(),
+    def write(run, wandb) -> None:
+        run.summary.update(_flatten(metrics))
+        if spectra is None:
+            return
+        emp, inf = spectra["emp"], spectra["inf"]
+        table = wandb.Table(
+            columns=["index", "emp", "inf"],
+            data=[
+                [i, float(a), float(b)]
+                for i, (a, b) in enumerate(zip(emp, inf, strict=True))
+            ],
         )
-        try:
-            run.summary.update(_flatten(metrics))
-            if spectra is not None:
-                emp, inf = spectra["emp"], spectra["inf"]
-                table = wandb.Table(
-                    columns=["index", "emp", "inf"],
-                    data=[
-                        [i, float(a), float(b)]
-                        for i, (a, b) in enumerate(zip(emp, inf, strict=True))
-                    ],
-                )
-                run.log(
-                    {
-                        "spectra/eigenvalues": table,
-                        "spectra/log10_emp": wandb.Histogram(_log10_positive(emp)),
-                        "spectra/log10_inf": wandb.Histogram(_log10_positive(inf)),
-                    }
-                )
-        finally:
-            run.finish()
+        run.log(
+            {
+                "spectra/eigenvalues": table,
+                "spectra/log10_emp": wandb.Histogram(_log10_positive(emp)),
+                "spectra/log10_inf": wandb.Histogram(_log10_positive(inf)),
+            }
+        )
 
-    return _with_fallback(mode, body)
+    return _logged(
+        mode,
+        write,
+        project=project,
+        dir=str(run_dir),
+        group=group,
+        job_type="point",
+        name=name,
+        config=config,
+        tags=tags,
+    )
 
 
 def log_sweep(
@@ -134,39 +145,30 @@ def log_sweep(
     figures: list[Path],
 ) -> str | None:
     """One analysis run per sweep: fitted exponents as summary, figures as images."""
-    if mode == "disabled":
-        return "disabled"
 
-    def body(m: str) -> None:
-        import wandb
+    def write(run, wandb) -> None:
+        from nthexp.report._scaling import study_tables
 
-        run = wandb.init(
-            mode=m,
-            project=project,
-            dir=str(sweep_dir),
-            group=group,
-            job_type="analysis",
-            name=f"{group}-analysis",
-            reinit="finish_previous",
-            settings=_settings(),
-        )
-        try:
-            run.summary.update(_fit_summary(fits))
-            run.log({f"figures/{p.stem}": wandb.Image(str(p)) for p in figures})
-            from nthexp.report._scaling import study_tables
+        run.summary.update(_fit_summary(fits))
+        run.log({f"figures/{p.stem}": wandb.Image(str(p)) for p in figures})
+        tables = study_tables(fits)
+        if tables:
+            run.log(
+                {
+                    f"tables/{k}": wandb.Table(dataframe=v.astype(object))
+                    for k, v in tables.items()
+                }
+            )
 
-            tables = study_tables(fits)
-            if tables:
-                run.log(
-                    {
-                        f"tables/{k}": wandb.Table(dataframe=v.astype(object))
-                        for k, v in tables.items()
-                    }
-                )
-        finally:
-            run.finish()
-
-    return _with_fallback(mode, body)
+    return _logged(
+        mode,
+        write,
+        project=project,
+        dir=str(sweep_dir),
+        group=group,
+        job_type="analysis",
+        name=f"{group}-analysis",
+    )
 
 
 def _fit_summary(fits: dict) -> dict:
