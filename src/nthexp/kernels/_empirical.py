@@ -33,7 +33,6 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 
 from nthexp._config import as_array
@@ -94,10 +93,13 @@ def layer_factors(
 #: the unblocked sum is bound by memory traffic: per layer it moves about four
 #: N x N arrays for 2 N^2 (n_in + n_out) flops. Blocking pays when the mean
 #: n_in + n_out over layers is at most :data:`CPU_BLOCK_MAX_INNER` (measured on
-#: 2 cores, N = 512: width 64 depth 32 1.7x faster, width 32 depth 64 2.6x, width 128
-#: depth 16 1.2x; width 256 depth 16, N = 256, 1.5x slower, as the small blocks
-#: leave the second core idle). GPUs prefer one large product: one block there.
+#: 2 cores, whole NTK, N = 512: width 64 depth 32 2.3x faster, width 32 depth 64
+#: 3.7x, width 128 depth 16 1.4x; width 64 depth 4 N = 2048 1.6x; wide nets gain
+#: nothing: width 256 depth 16, N = 256, 1.2x slower, width 1024 depth 3 1.1x
+#: slower). GPUs prefer one large product: one block there.
 CPU_BLOCK_ROWS = 128
+#: Most blocks per side of the blocked sum (larger N gets larger blocks).
+CPU_MAX_BLOCKS = 8
 CPU_BLOCK_MAX_INNER = 256
 
 
@@ -141,44 +143,47 @@ def _stacked(factors, rows: int, count: int):
 
 
 def _gram_sum_blocked(f1, f2, rows: int, symmetric: bool):
-    """``_gram_sum`` assembled from ``(rows, rows)`` blocks, each summed over all
-    layers before the next; with ``symmetric`` (``f2`` is ``f1``) only the blocks on
-    and above the diagonal are computed. Layers of one shape are a ``lax.scan`` and
-    the blocks a ``lax.map``, so the program's size does not grow with depth or N.
+    """``_gram_sum`` assembled from blocks of at least ``rows`` rows and columns,
+    each summed over all layers before the next; with ``symmetric`` (``f2`` is
+    ``f1``) only the blocks on and above the diagonal are computed.
+
+    Layers of one shape are a ``lax.scan`` (so the program does not grow with depth);
+    the blocks are separate, independent computations, which XLA's CPU runtime runs
+    concurrently on the cores (a ``lax.map`` over blocks ran one block at a time and
+    was 1.6x slower on 2 cores). At most :data:`CPU_MAX_BLOCKS` blocks per side keep
+    the program small for large N.
     """
     n1, n2 = f1[0][0].shape[0], f2[0][0].shape[0]
+    rows = max(rows, -(-max(n1, n2) // CPU_MAX_BLOCKS))
     c1, c2 = -(-n1 // rows), -(-n2 // rows)
     s1 = _stacked(f1, rows, c1)
     s2 = s1 if symmetric else _stacked(f2, rows, c2)
-    pairs = [(i, j) for i in range(c1) for j in range(c2) if not symmetric or j >= i]
-    ii = np.array([i for i, _ in pairs])
-    jj = np.array([j for _, j in pairs])
 
-    def block(ij):
-        acc = None
+    def layer(total, xs):
+        a1, e1, a2, e2 = xs
+        term = (a1 @ a2.T)[None, None] * jnp.einsum("oaj,pbj->opab", e1, e2)
+        return total + term, None
+
+    def block(i, j):
+        n_out = s1[0][1].shape[2]
+        acc = jnp.zeros((n_out, n_out, rows, rows), s1[0][0].dtype)
         for (h1, d1), (h2, d2) in zip(s1, s2, strict=True):
-
-            def layer(total, xs):
-                a1, e1, a2, e2 = xs
-                term = (a1 @ a2.T)[None, None] * jnp.einsum("oaj,pbj->opab", e1, e2)
-                return total + term, None
-
-            xs = (h1[ij[0]], d1[ij[0]], h2[ij[1]], d2[ij[1]])
-            if acc is None:
-                n_out = d1.shape[2]
-                acc = jnp.zeros((n_out, n_out, rows, rows), h1.dtype)
-            acc, _ = jax.lax.scan(layer, acc, xs)
+            acc, _ = jax.lax.scan(layer, acc, (h1[i], d1[i], h2[j], d2[j]), unroll=4)
         return acc
 
-    blocks = jax.lax.map(block, jnp.asarray(np.stack([ii, jj], axis=1)))
-    n_out = blocks.shape[1]
-    grid = jnp.zeros((c1, c2) + blocks.shape[1:], blocks.dtype)
+    blocks = {}
+    for i in range(c1):
+        for j in range(i if symmetric else 0, c2):
+            blocks[i, j] = block(i, j)
     if symmetric:  # K[c, r] = K[r, c] with the outputs swapped
-        grid = grid.at[jj, ii].set(jnp.transpose(blocks, (0, 2, 1, 4, 3)))
-    grid = grid.at[ii, jj].set(blocks)
-    # (c1, c2, O, O, rows, rows) -> (O, O, c1 rows, c2 rows)
-    k = jnp.transpose(grid, (2, 3, 0, 4, 1, 5)).reshape(
-        n_out, n_out, c1 * rows, c2 * rows
+        for i, j in list(blocks):
+            blocks[j, i] = jnp.transpose(blocks[i, j], (1, 0, 3, 2))
+    k = jnp.concatenate(
+        [
+            jnp.concatenate([blocks[i, j] for j in range(c2)], axis=3)
+            for i in range(c1)
+        ],
+        axis=2,
     )
     return k[:, :, :n1, :n2]
 
