@@ -179,10 +179,7 @@ def _gram_sum_blocked(f1, f2, rows: int, symmetric: bool):
         for i, j in list(blocks):
             blocks[j, i] = jnp.transpose(blocks[i, j], (1, 0, 3, 2))
     k = jnp.concatenate(
-        [
-            jnp.concatenate([blocks[i, j] for j in range(c2)], axis=3)
-            for i in range(c1)
-        ],
+        [jnp.concatenate([blocks[i, j] for j in range(c2)], axis=3) for i in range(c1)],
         axis=2,
     )
     return k[:, :, :n1, :n2]
