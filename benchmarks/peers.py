@@ -62,7 +62,7 @@ def main(argv=None):
 
     jax.config.update("jax_enable_x64", True)
     import nthexp as nx
-    from benchmarks.run import _compiled_stats, _timeit, matmul_rate
+    from benchmarks.run import _compiled_stats, _timeit, matmul_rate, ntk_problem_flops
     from nthexp.kernels import _empirical
 
     peer = Peer(args.python)
@@ -92,9 +92,10 @@ def main(argv=None):
                 if method == "structured_derivatives":
                     peer_bytes = r["xla_bytes"]
         best = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-        flops, mem = _compiled_stats(
+        _, mem = _compiled_stats(
             _empirical._ntk, model, params, x, None, method="structured", trace=False
         )
+        flops = ntk_problem_flops(model, params, x)
         rows.append(
             dict(
                 problem=dict(width=width, depth=depth, n=n),

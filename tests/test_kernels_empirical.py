@@ -62,16 +62,21 @@ def test_multi_output_axes(n_out, trace):
         np.testing.assert_allclose(got, diag_mean, rtol=1e-13)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "resnet"])
+@pytest.mark.parametrize("kind", ["mlp", "resnet", "wide"])
 def test_blocked_sum_equals_jacobian(kind):
     """More rows than ``CPU_BLOCK_ROWS`` (and not a multiple of it): the CPU path
-    assembles the kernel from blocks, the symmetric one from the upper blocks only;
-    both equal the Jacobian reference, and the symmetric one is exactly symmetric."""
+    assembles a narrow net's kernel from blocks, and a wide net's Gram matrices
+    (N >= 512) from mirrored halves; with x2 only the upper blocks are computed.
+    Every path equals the Jacobian reference, and the symmetric ones are exactly
+    symmetric."""
     rows = nx.kernels._empirical.CPU_BLOCK_ROWS
     x1 = jax.random.normal(jax.random.key(21), (2 * rows + 44, D_IN))
     x2 = jax.random.normal(jax.random.key(22), (rows + 3, D_IN))
     if kind == "mlp":
         model = nx.models.MLP(width=6, depth=3, n_out=2, b_std=0.1, activation="erf")
+    elif kind == "wide":  # mean n_in + n_out above CPU_BLOCK_MAX_INNER
+        x1 = jax.random.normal(jax.random.key(21), (4 * rows + 11, D_IN))
+        model = nx.models.MLP(width=300, depth=1, n_out=2, b_std=0.1)
     else:
         model = nx.models.ResNet(width=5, depth=2, branch_layers=2, alpha=0.5)
     params = nx.models.init(model, jax.random.key(5), D_IN)

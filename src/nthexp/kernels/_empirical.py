@@ -107,16 +107,58 @@ def _block_rows() -> int | None:
     return CPU_BLOCK_ROWS if jax.default_backend() == "cpu" else None
 
 
-def _gram_sum(f1, f2):
-    """``(O, O, N1, N2)`` sum over layers of ``(h1 . h2) * (delta1 . delta2)``."""
+def _gram_sum(f1, f2, parts: int = 1):
+    """``(O, O, N1, N2)`` sum over layers of ``(h1 . h2) * (delta1 . delta2)``.
+
+    With ``parts > 1`` (``f2`` is ``f1``) each Gram matrix is computed from its
+    ``parts x parts`` blocks on and above the diagonal and the rest mirrored:
+    ``(parts + 1) / (2 parts)`` of the multiplications (CPUs, wide layers).
+    """
+    gram_h, gram_d = _gram, _gram_out
+    if parts > 1:
+        gram_h = functools.partial(_mirrored, _gram, parts=parts, swap=(1, 0))
+        gram_d = functools.partial(_mirrored, _gram_out, parts=parts, swap=(1, 0, 3, 2))
     total = None
     for (h1, d1), (h2, d2) in zip(f1, f2, strict=True):
         # a, b: examples; o, p: outputs; j: layer output
-        gram_h = h1 @ h2.T
-        gram_d = jnp.einsum("oaj,pbj->opab", d1, d2)
-        term = gram_h[None, None] * gram_d
+        term = gram_h(h1, h2)[None, None] * gram_d(d1, d2)
         total = term if total is None else total + term
     return total
+
+
+def _gram(h1, h2):
+    """``(N1, N2)`` inner products of the rows."""
+    return h1 @ h2.T
+
+
+def _gram_out(d1, d2):
+    """``(O, O, N1, N2)`` inner products of the backward vectors, per output pair."""
+    return jnp.einsum("oaj,pbj->opab", d1, d2)
+
+
+def _mirrored(gram, a, b, *, parts: int, swap: tuple[int, ...]):
+    """``gram(a, a)`` from the blocks on and above the diagonal; ``swap`` transposes
+    a block into its mirror image (the example axes are the last two)."""
+    del b  # the same as a
+    n = a.shape[-2]
+    edges = [n * i // parts for i in range(parts + 1)]
+
+    def rows(i):
+        return jax.lax.slice_in_dim(a, edges[i], edges[i + 1], axis=a.ndim - 2)
+
+    blocks = {}
+    for i in range(parts):
+        for j in range(i, parts):
+            blocks[i, j] = gram(rows(i), rows(j))
+            if j > i:
+                blocks[j, i] = jnp.transpose(blocks[i, j], swap)
+    return jnp.concatenate(
+        [
+            jnp.concatenate([blocks[i, j] for j in range(parts)], -1)
+            for i in range(parts)
+        ],
+        -2,
+    )
 
 
 def _stacked(factors, rows: int, count: int):
@@ -192,14 +234,19 @@ def _ntk_structured(model, params, x1, x2, block_rows: int | None = None):
     ``n_in + n_out`` at most :data:`CPU_BLOCK_MAX_INNER`), the kernel is assembled
     from blocks of that many rows and columns (:func:`_gram_sum_blocked`): the same
     values up to the order of floating-point sums, faster on CPUs, and when ``x2`` is
-    None only the blocks on and above the diagonal are computed.
+    None only the blocks on and above the diagonal are computed. Wide layers with
+    ``x2`` None and N >= 512 get their Gram matrices from the upper blocks instead.
     """
     f1 = list(layer_factors(model, params, x1).values())
     f2 = f1 if x2 is None else list(layer_factors(model, params, x2).values())
     n = max(f1[0][0].shape[0], f2[0][0].shape[0])
     inner = sum(h.shape[1] + d.shape[2] for h, d in f1) / len(f1)
-    if block_rows is None or n <= block_rows or inner > CPU_BLOCK_MAX_INNER:
+    if block_rows is None or n <= block_rows:
         return _gram_sum(f1, f2)
+    if inner > CPU_BLOCK_MAX_INNER:
+        # wide layers: large products; from N = 512 the Grams from their upper
+        # blocks (4 x 4), 1.1-1.25x faster on 2 cores at width 1024, depth 3
+        return _gram_sum(f1, f2, parts=4 if x2 is None and n >= 512 else 1)
     return _gram_sum_blocked(f1, f2, block_rows, symmetric=x2 is None)
 
 
