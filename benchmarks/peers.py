@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -114,8 +115,13 @@ def main(argv=None):
     model = nx.models.MLP(width=width, depth=depth, b_std=0.1)
     params = nx.models.init(model, jax.random.key(0), 16)
     x = jax.random.normal(jax.random.key(1), (n, 16))
-    t_ours = _timeit(lambda: nx.kernels.o3(model, params, x), 2)
-    t_peer = peer.ask(kind="o3", width=width, depth=depth, n=n, repeats=1)["seconds"]
+    ours, theirs = [], []
+    for _ in range(args.rounds):  # alternate, as for the NTK
+        ours.append(_timeit(lambda: nx.kernels.o3(model, params, x), 2))
+        theirs.append(
+            peer.ask(kind="o3", width=width, depth=depth, n=n, repeats=2)["seconds"]
+        )
+    t_ours, t_peer = statistics.median(ours), statistics.median(theirs)
     o3_row = dict(
         problem=dict(width=width, depth=depth, n=n),
         nthexp_s=t_ours,
