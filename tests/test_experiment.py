@@ -238,7 +238,7 @@ def test_identical_reruns_differ_only_in_timing(sweep, tmp_path):
 
 # One case per path a bad value can take (the field messages themselves are covered
 # in-process by test_validate_names_the_field): a single run, a swept value, an
-# unknown group option, a rule of the data module, and a swept group.
+# unknown group option, a rule of the data module, a swept group and misspelt keys.
 BAD_INPUTS = [
     (["model.width=0"], "model.width"),
     (["-m", "model.width=8,-4"], "model.width"),
@@ -246,6 +246,8 @@ BAD_INPUTS = [
     (["data=torus", "data.d_in=7"], "data.d_in"),
     (["data.n=1798"], "data.n"),
     (["-m", "model=mlp,resnet", "model.depth=0"], "model.depth"),
+    (["model.widht=64"], "model.widht"),  # a misspelt key: not Hydra's message
+    (["-m", "sed=0,1"], "sed"),
 ]
 
 

@@ -57,7 +57,7 @@ LAMBDA_MIN_METHODS = ("auto", "dense", "lanczos", "lobpcg")
 #: O(N^3) factorisation anyway, so they only pay off above.
 DENSE_MAX_N = 1500
 
-#: Default certified accuracy, relative to lambda_max (DESIGN.md asks 1e-8).
+#: Default certified accuracy, relative to lambda_max (1e-8 is asked at N = 2000).
 DEFAULT_TOL = 1e-10
 
 #: LOBPCG block size and iteration cap (measured on ReLU NTKs of N = 400..2000:

@@ -1,7 +1,7 @@
 r"""Spectral summaries across a sweep: linear trends in depth, outlier versus bulk.
 
 For a ReLU network the infinite-width NTK grows linearly in depth: each layer adds
-:math:`\dot\Sigma` terms to :math:`T_L` (DESIGN.md section 2; Jacot et al. 2018,
+:math:`\dot\Sigma` terms to :math:`T_L` (docs/theory.md; Jacot et al. 2018,
 Thm 1), so :math:`\mathrm{tr}\,K_{inf}` and :math:`\lambda_{min}(K_{inf})` are
 fitted as :math:`\alpha L + \beta`, while the top eigenvalue separates from the bulk
 as the kernel approaches a constant plus a small remainder at large depth.

@@ -1,6 +1,6 @@
 r"""Predictions of the training path from kernels at initialisation.
 
-Notation (DESIGN.md section 2): ``N`` training points ``X`` with targets ``Y``, the
+Notation (docs/theory.md): ``N`` training points ``X`` with targets ``Y``, the
 residual :math:`r = f(X) - Y`, the loss :math:`L = \frac{c}{2}\sum_b r_b^2` with
 :math:`c = 1/N` (``"mean"``) or :math:`c = 1` (``"sum"``); :math:`K = K_2(X, X)` at
 initialisation with eigenpairs :math:`(\kappa_i, u_i)` and
@@ -256,7 +256,7 @@ class LateTimeCorrection:
       df_end: ``(N_all,)`` the correction ``f_end - f_end_linear``
         :math:`= P(x) C(X) - C(x)`.
       c_all: ``(N_all,)`` the vector :math:`C`.
-      v: ``(N,)``; m: ``(N, N)``; m3: ``(N, N, N)``: the weights of DESIGN.md.
+      v: ``(N,)``; m: ``(N, N)``; m3: ``(N, N, N)``: the weights of docs/theory.md.
       ntk0: ``(N_all, N_all)``; f0: ``(N_all,)``: values at initialisation.
     """
 

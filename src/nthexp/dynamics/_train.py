@@ -1,6 +1,6 @@
 r"""Full-batch training on the mean-squared loss, with f and the NTK recorded.
 
-Loss and time (DESIGN.md section 2):
+Loss and time (docs/theory.md):
 
 .. math::
    L(\theta) = \frac{c}{2} \sum_{b=1}^{N} (f(x_b; \theta) - y_b)^2, \qquad
@@ -366,7 +366,7 @@ def train(
         :func:`nthexp.dynamics.trajectory_velocity`.
       tol: stopping rule; training stops once :math:`\|f(X) - Y\|_2 <` ``tol`` (that
         state is recorded as the last entry). ``0`` never stops early.
-      loss_normalization: ``"mean"`` (:math:`c = 1/N`, DESIGN.md) or ``"sum"``.
+      loss_normalization: ``"mean"`` (:math:`c = 1/N`, docs/theory.md) or ``"sum"``.
       solver, rtol, atol, max_solver_steps: diffrax settings for ``"flow"``
         (``"tsit5"``, ``"dopri8"`` or the implicit ``"kvaerno5"``; PID controller).
       method: NTK method for the recorded kernels (see :func:`nthexp.kernels.ntk`).

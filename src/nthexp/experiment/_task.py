@@ -465,7 +465,7 @@ def compute_point(
 def _hierarchy_metrics(cfg, model, params, x, y, k_emp):
     r"""O3 (and O4) at initialisation: norms, their size relative to the NTK, the NTK
     velocity :math:`\dot K_2 = -(1/N) O_3 \cdot r_0` and the end-of-training change
-    :math:`-O_3 \cdot v + O_4 : M` of DESIGN.md section 2 (the O4 term for order 4)."""
+    :math:`-O_3 \cdot v + O_4 : M` of docs/theory.md (the O4 term for order 4)."""
     method, budget = cfg.kernel.method, cfg.kernel.memory_budget
     n = x.shape[0]
     k_fro = float(np.linalg.norm(k_emp))

@@ -168,6 +168,7 @@ def _check_group_overrides(argv: list[str]) -> None:
     except HydraException as exc:
         fail(f"overrides={args!r} is not allowed; {exc}".replace("\n", " "))
     for ov in overrides:
+        _check_override_key(ov)
         group = ov.key_or_group
         if group not in GROUPS or ov.is_delete():
             continue
@@ -178,6 +179,30 @@ def _check_group_overrides(argv: list[str]) -> None:
                 group == "experiment" and value is None
             ):
                 fail(f"{group}={value} is not allowed; must be one of {allowed}")
+
+
+def _check_override_key(ov) -> None:
+    """A misspelt key (``model.widht=64``, ``sed=0``) in one line naming the valid
+    keys; Hydra's own message runs over several lines and suggests ``+key``. Keys
+    added with ``+`` are checked after composition by the schema."""
+    from nthexp.experiment._schema import _conf_keys, valid_keys
+
+    key = ov.key_or_group
+    if ov.is_add() or ov.is_delete() or key.split(".")[0] in ("hydra", "experiment"):
+        return
+    top, _ = _conf_keys(CONF_DIR)
+    group, _, field = key.partition(".")
+    if group not in top:
+        fail(
+            f"{key}={ov.input_line.partition('=')[2]} is not allowed; unknown key; "
+            f"valid: {list(top)}"
+        )
+    allowed = valid_keys(group, None, CONF_DIR)
+    if field and allowed and field.split(".")[0] not in allowed:
+        fail(
+            f"{key}={ov.input_line.partition('=')[2]} is not allowed; unknown key; "
+            f"valid keys of {group}: {allowed}"
+        )
 
 
 def main() -> None:

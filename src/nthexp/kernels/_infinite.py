@@ -18,7 +18,7 @@ on the layer widths (:math:`n = D_{in}` for the first layer, ``width`` after it)
 Residual blocks :math:`h \leftarrow h + \alpha\, \mathrm{branch}(h)` add the branch's
 kernels to the carried ones: the branch's last dense layer has fresh zero-mean weights,
 so the cross terms between skip and branch vanish at infinite width. For the one-layer
-branch (DESIGN.md section 2)
+branch (docs/theory.md)
 
 .. math::
    S_l = S_{l-1} + \alpha^2(\sigma_w^2 E[\phi\phi] + \sigma_b^2), \qquad

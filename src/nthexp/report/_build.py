@@ -74,8 +74,41 @@ class Report:
         for row in rows:
             lines.append(f"  {row[0]:<34} {row[1]:>8}  {row[2]:<22} R^2={row[3]}")
         lines += [f"  FLAG {flag}" for flag in fits.get("flags", [])]
+        lines += _study_summary(fits)
         lines.append(f"report: {self.markdown_path}")
         return "\n".join(lines)
+
+
+def _study_summary(fits: dict) -> list[str]:
+    """One line each for the presets with their own verdict (late-time slopes are in
+    the exponent-style sections of the report; Lyapunov's is a yes/no)."""
+    lines = []
+    lyap = fits.get("lyapunov")
+    if lyap is not None:
+        cells = [
+            c
+            for cell in lyap["cells"]
+            for part in ("kinds", "log_norm")
+            for c in cell[part].values()
+            if c["agree"] is not None
+        ]
+        agree = sum(bool(c["agree"]) for c in cells)
+        lines.append(
+            f"lyapunov: {agree} of {len(cells)} compared (width, kind) cells agree "
+            f"with the closed form within {lyap['k_se']:g} standard errors"
+        )
+    late = fits.get("late_time", {}).get("lt_err_dk_full")
+    if late:
+        for entry in late.get("width_fits", []):
+            fit = entry.get("all") or {}
+            if "exponents" in fit:
+                lo, hi = fit["interval"]["width"]
+                lines.append(
+                    f"late_time: error of the predicted kernel change (O3 + O4), "
+                    f"width exponent {fit['exponents']['width']:.3g} "
+                    f"[{lo:.3g}, {hi:.3g}] (expected -1)"
+                )
+    return lines
 
 
 def _census(runs: SweepRuns) -> str:

@@ -182,7 +182,8 @@ def late_time_markdown(table: pd.DataFrame, fits: dict) -> list[str]:
     if "lt_identity_err_max" in table.columns:
         md += [
             "Identity dK2/dt = -(1/N) O3 . r along each run, at "
-            f"{int(table['lt_identity_n_times'].min())} or more logged times "
+            f"{int(table['lt_identity_n_times'].min())} to "
+            f"{int(table['lt_identity_n_times'].max())} logged times per run "
             "(largest error relative to the run's largest kernel velocity, "
             "`lt_identity_err_max`): at most "
             f"{table['lt_identity_err_max'].max():.3g}.",

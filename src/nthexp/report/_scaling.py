@@ -459,7 +459,8 @@ def study_markdown(fits: dict) -> list[str]:
         md.append(
             f"Certified bound lambda_min(K_inf) - ||K_emp - K_inf||_op against the "
             f"observed lambda_min(K_emp) over {weyl['runs']} runs: "
-            f"**{weyl['violations']} violations**, {weyl['certified']} runs certified "
+            f"**{weyl['violations']} violations**, "
+            f"{_count(weyl['certified'], 'run')} certified "
             f"(bound > 0), smallest margin {_f(weyl['min_margin'])} "
             f"(`figures/{WEYL_FIGURE}`)."
         )
@@ -571,3 +572,8 @@ def weyl_figure(table: pd.DataFrame, out_dir: Path):
     )
     fig.tight_layout()
     return fig, out_dir / WEYL_FIGURE
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 run"``, ``"3 runs"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
