@@ -188,7 +188,10 @@ def _check_override_key(ov) -> None:
     from nthexp.experiment._schema import _conf_keys, valid_keys
 
     key = ov.key_or_group
-    if ov.is_add() or ov.is_delete() or key.split(".")[0] in ("hydra", "experiment"):
+    root = key.split(".")[0].split("/")[0]
+    if ov.is_add() or ov.is_force_add() or ov.is_delete() or "/" in key:
+        return  # added keys, deletions, group paths (hydra/launcher=...)
+    if root in ("hydra", "experiment"):
         return
     top, _ = _conf_keys(CONF_DIR)
     group, _, field = key.partition(".")
