@@ -257,6 +257,7 @@ def test_lyapunov_tiny_sweep(tmp_path):
     sweep_dir = tmp_path / "ly"
     res = _sweep(sweep_dir, TINY)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "compared (width, kind) cells agree with the closed form" in res.stdout
 
     table = pd.read_parquet(sweep_dir / "results.parquet")
     assert len(table) == len(WIDTHS) * len(SEEDS)

@@ -174,6 +174,7 @@ def test_late_time_tiny_sweep(tmp_path):
     assert "## Late-time predictions against training" in report
     assert "| `lt_err_dk_full` | dK2: O3 + O4 (whole) | 1 |" in report
     assert "Identity dK2/dt = -(1/N) O3 . r along each run" in report
+    assert "late_time: error of the predicted kernel change (O3 + O4)" in res.stdout
     # depth does not vary: no depth/width section
     assert "depth_width_ratio" not in fits
 

@@ -101,12 +101,13 @@ def _study_summary(fits: dict) -> list[str]:
     if late:
         for entry in late.get("width_fits", []):
             fit = entry.get("all") or {}
-            if "exponents" in fit:
-                lo, hi = fit["interval"]["width"]
+            if "width" in fit.get("exponents", {}):
+                lo_hi = (fit.get("interval") or {}).get("width")
+                interval = "" if lo_hi is None else f" [{lo_hi[0]:.3g}, {lo_hi[1]:.3g}]"
                 lines.append(
                     f"late_time: error of the predicted kernel change (O3 + O4), "
-                    f"width exponent {fit['exponents']['width']:.3g} "
-                    f"[{lo:.3g}, {hi:.3g}] (expected -1)"
+                    f"width exponent {fit['exponents']['width']:.3g}{interval} "
+                    "(expected -1)"
                 )
     return lines
 
