@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -34,7 +30,7 @@ from nthexp.experiment._validate import build_model
 from nthexp.report._lyapunov import FIGURES, K_SE
 
 CONF_DIR = find_conf_dir()
-NTHEXP = str(Path(sys.executable).parent / "nthexp")
+from test_presets import _sweep  # noqa: E402 - one sweep runner for the preset tests
 
 WIDTHS, SEEDS, STEPS, CHAINS = (4, 16), (0, 1), 6, 64
 TINY = [
@@ -53,18 +49,6 @@ def _compose(overrides=(), hydra_cfg: bool = False):
         return compose(
             "config", overrides=list(overrides), return_hydra_config=hydra_cfg
         )
-
-
-def _sweep(sweep_dir: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="disabled")
-    return subprocess.run(
-        [NTHEXP, "-m", *overrides, "logger=none", f"hydra.sweep.dir={sweep_dir}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
 
 
 # ---------------------------------------------------------------- configs
