@@ -2,10 +2,12 @@
 
 The peer runs in its own virtual environment (.venv-peers, old JAX) as a worker
 process (benchmarks/peer_worker.py); this driver alternates timing rounds between
-nthexp (in this process) and the peer, so drifts of the machine hit both alike, and
-prints nthexp/peer ratios. float64, ReLU MLP, input dimension 16, trace over output.
+nthexp (in this process) and the peer's structured method, so drifts of the machine
+hit both alike, and prints peer/nthexp ratios with their range over the rounds; the
+peer's two slow methods are timed once. float64, ReLU MLP, input dimension 16, trace
+over the output.
 
-    python -m benchmarks.peers [--rounds 3] [--out benchmarks/out/peers.json]
+    python -m benchmarks.peers [--rounds 5] [--repeats 10] [--out FILE]
 """
 
 from __future__ import annotations
@@ -54,10 +56,26 @@ class Peer:
         self.proc.wait(timeout=60)
 
 
+def _ratio_summary(ours, theirs):
+    """Peer/nthexp from the medians over rounds, and the range of the per-round
+    ratios (each round times both back to back, so a slow spell of the machine
+    shows as a spread here rather than as a bias)."""
+    per_round = [t / o for o, t in zip(ours, theirs, strict=True)]
+    return dict(
+        ratio=statistics.median(theirs) / statistics.median(ours),
+        per_round=per_round,
+        low=min(per_round),
+        high=max(per_round),
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", default=".venv-peers/bin/python")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="timed calls per round (NTK)"
+    )
     parser.add_argument("--out", default="benchmarks/out/peers.json")
     args = parser.parse_args(argv)
 
@@ -75,24 +93,35 @@ def main(argv=None):
         params = nx.models.init(model, jax.random.key(0), 16)
         x = jax.random.normal(jax.random.key(1), (n, 16))
         p_count = nx.models.param_count(params)
-        times = {"nthexp": []}
-        for _ in range(args.rounds):  # alternate nthexp and the peer
+        times = {"nthexp": [], "structured_derivatives": []}
+        for _ in range(args.rounds):  # alternate nthexp and the peer's closest method
             times["nthexp"].append(
-                _timeit(lambda m=model, p=params, x=x: nx.kernels.ntk(m, p, x), 3)
-            )
-            for method in PEER_METHODS:
-                if (
-                    method == "jacobian_contraction"
-                    and n * p_count * 8 > JACOBIAN_LIMIT_BYTES
-                ):
-                    continue
-                r = peer.ask(
-                    kind="ntk", width=width, depth=depth, n=n, method=method, repeats=3
+                _timeit(
+                    lambda m=model, p=params, x=x: nx.kernels.ntk(m, p, x), args.repeats
                 )
-                times.setdefault(method, []).append(r["seconds"])
-                if method == "structured_derivatives":
-                    peer_bytes = r["xla_bytes"]
-        best = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+            )
+            r = peer.ask(
+                kind="ntk",
+                width=width,
+                depth=depth,
+                n=n,
+                method="structured_derivatives",
+                repeats=args.repeats,
+            )
+            times["structured_derivatives"].append(r["seconds"])
+            peer_bytes = r["xla_bytes"]
+        # The peer's other two methods are 20-500x slower: one timed call each.
+        for method in PEER_METHODS[1:]:
+            if (
+                method == "jacobian_contraction"
+                and n * p_count * 8 > JACOBIAN_LIMIT_BYTES
+            ):
+                continue
+            r = peer.ask(
+                kind="ntk", width=width, depth=depth, n=n, method=method, repeats=1
+            )
+            times[method] = [r["seconds"]]
+        best = {k: statistics.median(v) for k, v in times.items()}
         _, mem = _compiled_stats(
             _empirical._ntk, model, params, x, None, method="structured", trace=False
         )
@@ -102,12 +131,16 @@ def main(argv=None):
                 problem=dict(width=width, depth=depth, n=n),
                 params=p_count,
                 seconds=best,
+                seconds_per_round=times,
                 nthexp_xla_bytes=mem,
                 peer_structured_xla_bytes=peer_bytes,
                 nthexp_frac_peak=flops / best["nthexp"] / peak if flops else None,
                 speedup_vs_peer={
                     k: v / best["nthexp"] for k, v in best.items() if k != "nthexp"
                 },
+                structured_ratio=_ratio_summary(
+                    times["nthexp"], times["structured_derivatives"]
+                ),
             )
         )
 
@@ -127,6 +160,7 @@ def main(argv=None):
         nthexp_s=t_ours,
         peer_s=t_peer,
         speedup=t_peer / t_ours,
+        ratio=_ratio_summary(ours, theirs),
     )
     peer.close()
 
@@ -171,9 +205,17 @@ def main(argv=None):
             + f"   {mem}"
         )
     print("columns: peer time / nthexp time for each of the peer's methods")
+    for r in rows:
+        q = r["structured_ratio"]
+        p = r["problem"]
+        print(
+            f"  structured {(p['width'], p['depth'], p['n'])}: per-round ratios "
+            f"{q['low']:.2f}x-{q['high']:.2f}x over {len(q['per_round'])} rounds"
+        )
     print(
         f"O3 {O3_PROBLEM}: nthexp {t_ours:.3f}s, peer jvp-of-structured looped over c "
-        f"{t_peer:.3f}s, speed-up {o3_row['speedup']:.2f}x"
+        f"{t_peer:.3f}s, speed-up {o3_row['speedup']:.2f}x (per round "
+        f"{o3_row['ratio']['low']:.2f}x-{o3_row['ratio']['high']:.2f}x)"
     )
     print(f"written {out}")
 

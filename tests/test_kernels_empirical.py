@@ -65,8 +65,9 @@ def test_multi_output_axes(n_out, trace):
 @pytest.mark.parametrize("kind", ["mlp", "resnet", "wide"])
 def test_blocked_sum_equals_jacobian(kind):
     """More rows than ``CPU_BLOCK_ROWS`` (and not a multiple of it): the CPU path
-    assembles a narrow net's kernel from blocks, and a wide net's Gram matrices
-    (N >= 512) from mirrored halves; with x2 only the upper blocks are computed.
+    assembles a narrow net's kernel from blocks, and a wide net's symmetric kernel
+    from two groups of rows (odd N: unequal groups); with x2 None only the blocks on
+    and above the diagonal are computed.
     Every path equals the Jacobian reference, and the symmetric ones are exactly
     symmetric."""
     rows = nx.kernels._empirical.CPU_BLOCK_ROWS
