@@ -205,6 +205,11 @@ def main(argv=None):
             + f"   {mem}"
         )
     print("columns: peer time / nthexp time for each of the peer's methods")
+    print(
+        "% peak: XLA's FLOP count of the unblocked structured algorithm over nthexp's "
+        "time and the measured matmul rate; above 100% where the symmetric kernel's "
+        "skipped Gram blocks save more than the remaining overheads cost"
+    )
     for r in rows:
         q = r["structured_ratio"]
         p = r["problem"]

@@ -71,8 +71,9 @@ class Report:
         rows = exponent_rows(fits)
         if rows:
             lines.append(f"fitted exponents of {response}:")
+        width = max((len(row[0]) for row in rows), default=0)
         for row in rows:
-            lines.append(f"  {row[0]:<34} {row[1]:>8}  {row[2]:<22} R^2={row[3]}")
+            lines.append(f"  {row[0]:<{width}} {row[1]:>8}  {row[2]:<22} R^2={row[3]}")
         lines += [f"  FLAG {flag}" for flag in fits.get("flags", [])]
         lines += _study_summary(fits)
         lines.append(f"report: {self.markdown_path}")
@@ -247,10 +248,7 @@ def exponent_rows(fits: dict) -> list[tuple[str, str, str, str, str]]:
         same = e.get("widths_small_ratio") is not None and e.get(
             "widths_small_ratio"
         ) == e.get("widths_all")
-        if same:
-            rows.append((label, "-", "same as all widths", "-", "-"))
-        else:
-            add(label, e["small_ratio"], "width")
+        add(label + (" (= all widths)" if same else ""), e["small_ratio"], "width")
     for e in fits.get("depth_fits", []):
         add(f"depth, width={e['width']}", e["fit"], "depth")
     joint = fits.get("joint")

@@ -20,6 +20,7 @@ fitted law over the factors that vary, the spectra across the sweep, and Weyl's 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import matplotlib
@@ -544,6 +545,12 @@ def weyl_figure(table: pd.DataFrame, out_dir: Path):
     )
     values = np.abs(values[np.isfinite(values) & (values != 0)])
     linthresh = float(np.min(values)) if values.size else 1e-3
+    # Decade ticks on both sides, none inside the linear band around 0 but 0 itself
+    # (the ticks at +-linthresh would print over it).
+    low = math.floor(math.log10(linthresh)) + 1
+    high = math.ceil(math.log10(float(np.max(values)))) if values.size else low
+    decades = [10.0**k for k in range(low, max(high, low) + 1)]
+    ticks = [-v for v in reversed(decades)] + [0.0] + decades
     for ax, (depth, g) in zip(list(axes.flat)[:n], groups, strict=True):
         for col, color, label in (
             ("emp_lambda_min", "C0", "observed lambda_min(K_emp)"),
@@ -555,6 +562,8 @@ def weyl_figure(table: pd.DataFrame, out_dir: Path):
             ax.fill_between(x, stats["min"], stats["max"], color=color, alpha=0.2)
         ax.axhline(0.0, color="grey", lw=0.6)
         ax.set_yscale("symlog", linthresh=linthresh)
+        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+        ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         if has_width and g[WIDTH].nunique() > 1:
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
