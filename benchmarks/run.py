@@ -24,8 +24,11 @@ import jax
 import jax.numpy as jnp
 
 
-def _timeit(fn, repeats):
-    jax.block_until_ready(fn())  # warm-up: compiles
+def _timeit(fn, repeats, warmup=1):
+    """Median of ``repeats`` timed calls after ``warmup`` untimed ones (the first
+    compiles; on CPUs the next few of a fast kernel are still slower, up to 1.4x)."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -126,7 +129,7 @@ def main(argv=None):
 
     # NTK at (N=256, width 512, depth 8)
     model, params, x = problem(512, 8, 256)
-    t_s = _timeit(lambda: nx.kernels.ntk(model, params, x), 5)
+    t_s = _timeit(lambda: nx.kernels.ntk(model, params, x), 20, warmup=5)
     t_j = _timeit(lambda: nx.kernels.ntk(model, params, x, method="jacobian"), 2)
     _, mem = _compiled_stats(
         _empirical._ntk, model, params, x, None, method="structured", trace=False
