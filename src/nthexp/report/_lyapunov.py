@@ -331,34 +331,37 @@ def _top_figure(fit: dict):
     shifts = {"gaussian": math.log(s), "relu": math.log(s / math.sqrt(2.0))}
     shifts["network"] = shifts["relu"]
     kinds = [k for k in KINDS if any(k in c["kinds"] for c in cells)]
+    # (kind, top exponent at width n, limit of n (lambda_1 - shift), labels)
+    references = []
     if "gaussian" in kinds:
-        closed = [nx.analysis.lyapunov_closed_form(int(n), s)[0] for n in grid]
-        ax.plot(
-            grid,
-            grid * (np.array(closed) - shifts["gaussian"]),
-            "-",
-            color=_COLORS["gaussian"],
-            lw=1,
-            label="gaussian: closed form",
+        references.append(
+            (
+                "gaussian",
+                lambda n: nx.analysis.lyapunov_closed_form(n, s)[0],
+                -0.5,
+                ("gaussian: closed form", None),
+            )
         )
-        ax.axhline(-0.5, color=_COLORS["gaussian"], ls=":", lw=1)
     if "relu" in kinds or "network" in kinds:
-        exact = [nx.analysis.relu_top_exponent(int(n), s, exact=True) for n in grid]
+        references.append(
+            (
+                "relu",
+                lambda n: nx.analysis.relu_top_exponent(n, s, exact=True),
+                -1.25,
+                ("relu: exact law (survival)", "relu: -5/4 (leading order)"),
+            )
+        )
+    for kind, exponent, limit, (curve_label, limit_label) in references:
+        values = np.array([exponent(int(n)) for n in grid])
         ax.plot(
             grid,
-            grid * (np.array(exact) - shifts["relu"]),
+            grid * (values - shifts[kind]),
             "-",
-            color=_COLORS["relu"],
+            color=_COLORS[kind],
             lw=1,
-            label="relu: exact law (survival)",
+            label=curve_label,
         )
-        ax.axhline(
-            -1.25,
-            color=_COLORS["relu"],
-            ls=":",
-            lw=1,
-            label="relu: -5/4 (leading order)",
-        )
+        ax.axhline(limit, color=_COLORS[kind], ls=":", lw=1, label=limit_label)
     for j, kind in enumerate(kinds):
         xs, ys, es = [], [], []
         for c in cells:
