@@ -35,6 +35,8 @@ LAUNCHER = [
     "hydra.launcher.timeout_min=5",
 ]
 SWEEP_TIMEOUT_S = 240
+#: Seconds a requeued job stays held before the time-limit test releases it.
+REQUEUE_RELEASE_S = 5.0
 
 pytestmark = pytest.mark.slurm
 
@@ -290,8 +292,12 @@ def test_time_limit_requeues_and_resumes_stages(tmp_path):
         cwd=tmp_path,
     )
     try:
-        # SLURM holds a requeued job for about 2 minutes (Reason=BeginTime); the
-        # test lets it start at once, which changes nothing else
+        # SLURM holds a requeued job for about 2 minutes (Reason=BeginTime) while
+        # the node forgets the revoked credential of its first run; the test lets
+        # it start after a few seconds, which changes nothing else. Released within
+        # the second of the requeue, the job can be killed at launch ("Job
+        # credential revoked") and end FAILED.
+        held_since: dict[str, float] = {}
         while driver.poll() is None:
             out = subprocess.run(
                 ["squeue", "-h", "-t", "PENDING", "-o", "%i %r"],
@@ -301,11 +307,15 @@ def test_time_limit_requeues_and_resumes_stages(tmp_path):
             ).stdout
             for line in out.splitlines():
                 job_id, reason = line.split()
-                if reason == "BeginTime":
+                if reason != "BeginTime":
+                    continue
+                since = held_since.setdefault(job_id, time.monotonic())
+                if time.monotonic() - since >= REQUEUE_RELEASE_S:
                     subprocess.run(
                         ["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
                         check=False,
                     )
+                    del held_since[job_id]
             time.sleep(1)
         out, _ = driver.communicate(timeout=SWEEP_TIMEOUT_S)
     finally:
