@@ -248,7 +248,35 @@ BAD_INPUTS = [
     (["-m", "model=mlp,resnet", "model.depth=0"], "model.depth"),
     (["model.widht=64"], "model.widht"),  # a misspelt key: not Hydra's message
     (["-m", "sed=0,1"], "sed"),
+    (["model.alpha=0.5"], "model.alpha"),  # a resnet key, the default model is mlp
+    (["-m", "experiment=quickstart", "model.alpha=0.5"], "model.alpha"),
+    (["lyapunov=foo"], "lyapunov"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("args", "options"),
+    [
+        ([], {"model": ["mlp"], "data": ["digits"]}),
+        (["model=resnet", "model.alpha=0.5"], {"model": ["resnet"]}),
+        (["model=mlp,resnet"], {"model": ["mlp", "resnet"]}),
+        (["experiment=late_time"], {"data": ["gaussian"], "dynamics": ["late_time"]}),
+        (["experiment=late_time", "data=torus"], {"data": ["torus"]}),
+    ],
+)
+def test_selected_options(args, options):
+    """The group options a command line composes: its own, else the preset's, else
+    conf/config.yaml's; a key is checked against the options chosen."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from nthexp.experiment import app
+
+    overrides = OverridesParser.create().parse_overrides(args)
+    selected = app._selected_options(overrides)
+    for group, chosen in options.items():
+        assert selected[group] == chosen, (group, selected)
+    for ov in overrides:
+        app._check_override_key(ov, selected)  # raises SystemExit when refused
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path):

@@ -13,6 +13,7 @@ GROUPS = (
     "analysis",
     "dynamics",
     "logger",
+    "lyapunov",
     "experiment",
 )
 

@@ -167,8 +167,9 @@ def _check_group_overrides(argv: list[str]) -> None:
         overrides = OverridesParser.create().parse_overrides(args)
     except HydraException as exc:
         fail(f"overrides={args!r} is not allowed; {exc}".replace("\n", " "))
+    selected = _selected_options(overrides)
     for ov in overrides:
-        _check_override_key(ov)
+        _check_override_key(ov, selected)
         group = ov.key_or_group
         if group not in GROUPS or ov.is_delete():
             continue
@@ -181,8 +182,38 @@ def _check_group_overrides(argv: list[str]) -> None:
                 fail(f"{group}={value} is not allowed; must be one of {allowed}")
 
 
-def _check_override_key(ov) -> None:
-    """A misspelt key (``model.widht=64``, ``sed=0``) in one line naming the valid
+def _selected_options(overrides) -> dict[str, list[str]]:
+    """The option(s) of each config group this command line composes: its own
+    ``group=...`` (every value of a sweep), else the chosen experiment preset's
+    ``override /group: ...``, else conf/config.yaml's default."""
+    chosen: dict[str, list[str]] = {}
+
+    def take(defaults, prefix: str = "") -> None:
+        for item in defaults or []:
+            if isinstance(item, dict) or OmegaConf.is_dict(item):
+                for k, v in item.items():
+                    group = str(k).removeprefix(prefix).lstrip("/")
+                    if isinstance(v, str) and group in GROUPS:
+                        chosen[group] = [v]
+
+    take(OmegaConf.load(CONF_DIR / "config.yaml").get("defaults"))
+    given = {}
+    for ov in overrides:
+        if ov.is_delete() or ov.key_or_group not in GROUPS:
+            continue
+        values = list(ov.sweep_iterator()) if ov.is_sweep_override() else [ov.value()]
+        given[ov.key_or_group] = [str(v) for v in values if v is not None]
+    for name in given.pop("experiment", []):
+        path = CONF_DIR / "experiment" / f"{name}.yaml"
+        if path.is_file():
+            take(OmegaConf.load(path).get("defaults"), prefix="override ")
+    chosen.update({g: v for g, v in given.items() if v})
+    return chosen
+
+
+def _check_override_key(ov, selected: dict[str, list[str]]) -> None:
+    """A misspelt key (``model.widht=64``, ``sed=0``), or a key of another option
+    of its group (``model.alpha`` with ``model=mlp``), in one line naming the valid
     keys; Hydra's own message runs over several lines and suggests ``+key``. Keys
     added with ``+`` are checked after composition by the schema."""
     from nthexp.experiment._schema import _conf_keys, valid_keys
@@ -193,18 +224,28 @@ def _check_override_key(ov) -> None:
         return  # added keys, deletions, group paths (hydra/launcher=...)
     if root in ("hydra", "experiment"):
         return
-    top, _ = _conf_keys(CONF_DIR)
+    top, groups = _conf_keys(CONF_DIR)
     group, _, field = key.partition(".")
+    value = ov.input_line.partition("=")[2]
     if group not in top:
-        fail(
-            f"{key}={ov.input_line.partition('=')[2]} is not allowed; unknown key; "
-            f"valid: {list(top)}"
+        fail(f"{key}={value} is not allowed; unknown key; valid: {list(top)}")
+    name = field.split(".")[0]
+    options = [o for o in selected.get(group, []) if o in groups.get(group, {})]
+    if field and name not in valid_keys(group, None, CONF_DIR):
+        where = group if len(options) != 1 else f"{group}={options[0]}"
+        keys = sorted(
+            set().union(*(groups[group][o] for o in options or groups[group]))
         )
-    allowed = valid_keys(group, None, CONF_DIR)
-    if field and allowed and field.split(".")[0] not in allowed:
         fail(
-            f"{key}={ov.input_line.partition('=')[2]} is not allowed; unknown key; "
-            f"valid keys of {group}: {allowed}"
+            f"{key}={value} is not allowed; unknown key; valid keys of {where}: {keys}"
+        )
+    lacking = [o for o in options if name not in groups[group][o]]
+    if field and lacking:
+        owners = sorted(o for o, keys in groups[group].items() if name in keys)
+        fail(
+            f"{key}={value} is not allowed; {name} is a key of "
+            f"{' and '.join(f'{group}={o}' for o in owners)} only, and this run has "
+            f"{group}={lacking[0]}, whose keys are {sorted(groups[group][lacking[0]])}"
         )
 
 
