@@ -184,7 +184,7 @@ def main(argv=None):
     print(
         f"{'(width, depth, N)':<18} {'nthexp s':>9} {'% peak':>7} "
         + " ".join(f"{m[:10]:>11}" for m in PEER_METHODS)
-        + "   MB ours/peer"
+        + "   XLA MiB ours/peer"
     )
     for r in rows:
         p = r["problem"]
@@ -204,7 +204,12 @@ def main(argv=None):
             + " ".join(cells)
             + f"   {mem}"
         )
-    print("columns: peer time / nthexp time for each of the peer's methods")
+    print(
+        "columns: peer time / nthexp time for each of the peer's methods "
+        f"({', '.join(PEER_METHODS)}); 'skipped': its N x P Jacobian would exceed "
+        f"{JACOBIAN_LIMIT_BYTES / 2**30:g} GiB; XLA MiB: compiled temporaries plus "
+        "output of nthexp's and of the peer's structured NTK"
+    )
     print(
         "% peak: XLA's FLOP count of the unblocked structured algorithm over nthexp's "
         "time and the measured matmul rate; above 100% where the symmetric kernel's "

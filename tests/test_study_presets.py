@@ -185,3 +185,44 @@ def test_tiny_depth_scaling_sweep_reports_trends_and_weyl(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "optimum" in res.stdout
+
+
+@pytest.mark.parametrize("superlinear", [False, True])
+def test_bound_laws_check_the_linear_lambda_law(superlinear):
+    """The report's lambda_min(K_inf) law is linear in depth; a depth where it is not
+    positive or misses the measured mean by more than LAW_TOLERANCE is listed (here
+    lambda = L exactly, or lambda = 0.25 L^2, whose line is negative at L = 1)."""
+    import numpy as np
+
+    from nthexp.report import _scaling
+
+    rows = []
+    for width in (64, 256):
+        for depth in (1, 2, 4, 8):
+            for seed in (0, 1):
+                lam = 0.25 * depth**2 if superlinear else float(depth)
+                rows.append(
+                    {
+                        "model.width": width,
+                        "model.depth": depth,
+                        "seed": seed,
+                        "inf_lambda_min": lam,
+                        "op": 0.1 * depth * width**-0.5 * (1 + 0.01 * seed),
+                    }
+                )
+    laws = _scaling._bound_laws(pd.DataFrame(rows), 0.95)
+    check = laws["lambda_min_inf_check"]
+    weyl = {"runs": len(rows), "violations": 0, "certified": 0, "min_margin": 0.1}
+    md = "\n".join(_scaling.study_markdown({"weyl": weyl, "bound_laws": laws}))
+    assert "Laws fitted on this sweep" in md
+    assert ("does not describe" in md) == superlinear
+    if not superlinear:
+        assert check == []
+        assert np.isclose(laws["lambda_min_inf"]["a"], 1.0)
+        return
+    # least-squares line through 0.25, 1, 4, 16 at L = 1, 2, 4, 8
+    slope, intercept = np.polyfit([1, 2, 4, 8], [0.25, 1.0, 4.0, 16.0], 1)
+    assert intercept + slope < 0
+    assert [c["depth"] for c in check][0] == 1
+    assert check[0]["fitted"] == pytest.approx(intercept + slope)
+    assert check[0]["measured"] == pytest.approx(0.25)

@@ -68,12 +68,13 @@ class Report:
                 f"mean {response} over seeds (rows: depth, columns: width)",
                 pivot.to_string(float_format=lambda v: f"{v:.4g}"),
             ]
-        rows = exponent_rows(fits)
+        # a depth/width cut that keeps every width repeats its row: report.md only
+        rows = [r for r in exponent_rows(fits) if not r[0].endswith(SAME_AS_ALL)]
         if rows:
             lines.append(f"fitted exponents of {response}:")
         width = max((len(row[0]) for row in rows), default=0)
         for row in rows:
-            lines.append(f"  {row[0]:<{width}} {row[1]:>8}  {row[2]:<22} R^2={row[3]}")
+            lines.append(f"  {row[0]:<{width}} {row[1]:>8}  {row[2]:<24} R^2={row[3]}")
         lines += [f"  FLAG {flag}" for flag in fits.get("flags", [])]
         lines += _study_summary(fits)
         lines.append(f"report: {self.markdown_path}")
@@ -124,8 +125,8 @@ def _census(runs: SweepRuns) -> str:
     return ", ".join(parts)
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3g}"
+def _fmt(v, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}g}"
 
 
 def _fmt_range(v) -> str:
@@ -183,9 +184,7 @@ def results_markdown(table: pd.DataFrame) -> list[str]:
     grouped = t.groupby(keys, sort=True, dropna=True)
     mean, std, count = grouped.mean(), grouped.std(), grouped.size()
     md = ["## Results (mean over seeds)", ""]
-    md.append(
-        "Mean +- standard deviation over seeds (`results.parquet` has every run)."
-    )
+    md.append("Mean ± standard deviation over seeds (`results.parquet` has every run).")
     md.append("")
     head = [k.split(".")[-1] if k in (WIDTH, DEPTH) else k for k in keys]
     md.append("| " + " | ".join(head + ["seeds"] + metrics) + " |")
@@ -219,6 +218,10 @@ def pooled_columns_quiet(table: pd.DataFrame) -> list[str]:
     ]
 
 
+#: Label suffix of a depth/width <= r fit that keeps every width.
+SAME_AS_ALL = " (= all widths)"
+
+
 def exponent_rows(fits: dict) -> list[tuple[str, str, str, str, str]]:
     """(fit, exponent, interval, R^2, fitted range) per fitted exponent."""
     rows = []
@@ -235,7 +238,9 @@ def exponent_rows(fits: dict) -> list[tuple[str, str, str, str, str]]:
             (
                 label,
                 _fmt(fit["exponents"][factor]),
-                f"[{_fmt(lo_hi[0])}, {_fmt(lo_hi[1])}]",
+                # 4 digits: an interval end near a round value (-0.50013) shows
+                # which side of it it lies on
+                f"[{_fmt(lo_hi[0], 4)}, {_fmt(lo_hi[1], 4)}]",
                 _fmt(fit.get("r2")),
                 f"{_fmt_range(rng[0])}..{_fmt_range(rng[1])}",
             )
@@ -248,7 +253,7 @@ def exponent_rows(fits: dict) -> list[tuple[str, str, str, str, str]]:
         same = e.get("widths_small_ratio") is not None and e.get(
             "widths_small_ratio"
         ) == e.get("widths_all")
-        add(label + (" (= all widths)" if same else ""), e["small_ratio"], "width")
+        add(label + (SAME_AS_ALL if same else ""), e["small_ratio"], "width")
     for e in fits.get("depth_fits", []):
         add(f"depth, width={e['width']}", e["fit"], "depth")
     joint = fits.get("joint")

@@ -30,6 +30,7 @@ mean per-run moment), ``slope``, ``intercept``, ``interval``, ``level``, ``r2``,
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import matplotlib
@@ -141,7 +142,7 @@ def depth_width_figure(fit: dict, out_dir: Path):
             )
         ax.set_xscale("log")
         ax.set_xlabel("beta = depth / width")
-        ax.set_ylabel("log E[K(x,x)^2] / E[K(x,x)]^2")
+        ax.set_ylabel("log( E[K(x,x)^2] / E[K(x,x)]^2 )")
         ax.set_title(title, fontsize=10)
     b = np.geomspace(min(c["beta"] for c in cells), max(c["beta"] for c in cells), 50)
     lo, hi = fit["interval"]
@@ -169,12 +170,22 @@ def depth_width_markdown(fit: dict | None) -> list[str]:
     md = [
         "## NTK diagonal against depth/width",
         "",
-        "`m = log E[K(x,x)^2] / E[K(x,x)]^2` over seeds at each input, averaged over "
-        "the inputs (docs/models.md), fitted as `m = a + b * beta`, beta = "
+        "`m = log( E[K(x,x)^2] / E[K(x,x)]^2 )` over seeds at each input, averaged "
+        "over the inputs (docs/models.md), fitted as `m = a + b * beta`, beta = "
         f"depth/width: growth rate b = {fit['slope']:.3g}, interval "
         f"[{lo:.3g}, {hi:.3g}] at level {fit['level']} (bootstrap over seeds, "
         f"{fit['n_bootstrap']} resamples), intercept {fit['intercept']:.3g}, "
-        f"R^2 = {fit['r2']:.3g}.",
+        f"R^2 = {fit['r2']:.3g}. For ReLU networks Hanin and Nica (2020) give "
+        "`E[K^2] / E[K]^2 ~ exp(5 beta)`, a rate of about 5. With S seeds the "
+        "estimate of this heavy-tailed moment is biased low and cannot exceed "
+        f"log S = {math.log(max(c['seeds'] for c in fit['cells'])):.3g} (S = "
+        f"{max(c['seeds'] for c in fit['cells'])}), so large-beta cells saturate and "
+        "b comes out below 5 unless the seeds are many.",
+        "",
+        "Columns: `m (over seeds)` is the estimator above; `per-run m over inputs` is "
+        "`log( mean_a K(x_a,x_a)^2 / (mean_a K(x_a,x_a))^2 )` over the data set's "
+        "inputs for one network, averaged over seeds (metric `ntk_diag_log_moment`), "
+        "which misses the fluctuation shared by all inputs.",
         "",
         "| depth | width | beta | seeds | m (over seeds) | per-run m over inputs |",
         "|---|---|---|---|---|---|",

@@ -12,7 +12,9 @@ fitted law over the factors that vary, the spectra across the sweep, and Weyl's 
   bound by more than the round-off ``slack``: must be 0), runs certified (bound > 0),
   smallest margin, and per-depth means.
 - ``bound_laws``: :class:`nthexp.analysis.BoundLaws` ``.to_dict()`` fitted on this sweep
-  when width and depth both vary (``nthexp-bound --laws fits.json`` reads it), and
+  when width and depth both vary (``nthexp-bound --laws fits.json`` reads it), with
+  ``lambda_min_inf_check``: the depths where the linear law is not positive or off
+  the measured mean by more than :data:`LAW_TOLERANCE`, and
   ``bound_budget``: ``optimal_architecture(...).to_dict()`` at the budget of the largest
   network of the sweep.
 """
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 #: is null for digits).
 FACTOR_COLUMNS = {"width": WIDTH, "depth": DEPTH, "n": "data.n", "d_in": "d_in"}
 WEYL_FIGURE = "weyl_bound.png"
+#: Largest relative gap between the linear lambda_min(K_inf) law and a depth's mean
+#: before the report says the law does not describe the sweep.
+LAW_TOLERANCE = 0.25
 
 
 def _factor_table(table: pd.DataFrame, response: str) -> tuple[pd.DataFrame, list[str]]:
@@ -168,6 +173,19 @@ def _bound_laws(table: pd.DataFrame, level: float) -> dict | None:
         ranges=ranges,
     )
     out = laws.to_dict()
+    # The linear law against the per-depth means it was fitted to: where it is <= 0
+    # or off by more than LAW_TOLERANCE, the budget answer rests on a law that does
+    # not describe this sweep (the report says so).
+    means = scaled.groupby(ft["depth"]).mean()
+    fitted = slope * means.index.to_numpy(float) + intercept
+    rel = np.abs(fitted - means.to_numpy(float)) / np.abs(means.to_numpy(float))
+    out["lambda_min_inf_check"] = [
+        {"depth": int(d), "measured": float(v), "fitted": float(f), "rel_err": float(e)}
+        for d, v, f, e in zip(
+            means.index, means.to_numpy(float), fitted, rel, strict=True
+        )
+        if f <= 0 or e > LAW_TOLERANCE
+    ]
     for col in ("d_in", "data.d_in"):
         if col in t.columns and t[col].nunique() >= 2:
             out["pooled"] = "D_in = " + ", ".join(
@@ -385,7 +403,13 @@ def study_markdown(fits: dict) -> list[str]:
                     f"coefficient {_f(curv['coefficient'])}, interval "
                     f"[{_f(curv['interval'][0])}, {_f(curv['interval'][1])}]: "
                     + (
-                        "CURVED, a pure power law is rejected."
+                        "CURVED, a pure power law is rejected"
+                        + (
+                            f" (with {fit['n_seeds']} seeds one noisy cell can "
+                            "bend the fit: check the per-cell means, or add seeds)."
+                            if fit.get("n_seeds", 0) < 10
+                            else "."
+                        )
                         if curv["curved"]
                         else "consistent with a power law."
                     )
@@ -495,6 +519,18 @@ def study_markdown(fits: dict) -> list[str]:
             )
             if laws.get("pooled"):
                 md.append(f"Pooled over {laws['pooled']} (the laws do not model it).")
+            off = laws.get("lambda_min_inf_check") or []
+            if off:
+                md.append(
+                    "**The linear law in L does not describe this sweep's "
+                    "lambda_min(K_inf)** (fitted against measured mean, off by more "
+                    f"than {LAW_TOLERANCE:.0%} or not positive): "
+                    + ", ".join(
+                        f"L={c['depth']}: {_f(c['fitted'])} vs {_f(c['measured'])}"
+                        for c in off
+                    )
+                    + "; the budget answer below rests on it."
+                )
             budget = fits.get("bound_budget")
             if budget and "error" not in budget:
                 md.append(
@@ -506,6 +542,12 @@ def study_markdown(fits: dict) -> list[str]:
                         " (extrapolated beyond the fitted ranges)."
                         if budget["extrapolated"]
                         else "."
+                    )
+                    + (
+                        " It is not positive: by these laws no network of this "
+                        "budget is certified."
+                        if budget["bound"] is not None and budget["bound"] <= 0
+                        else ""
                     )
                 )
             elif budget:
