@@ -251,6 +251,7 @@ BAD_INPUTS = [
     (["model.alpha=0.5"], "model.alpha"),  # a resnet key, the default model is mlp
     (["-m", "experiment=quickstart", "model.alpha=0.5"], "model.alpha"),
     (["lyapunov=foo"], "lyapunov"),
+    (["seed.x=1"], "seed.x"),
 ]
 
 

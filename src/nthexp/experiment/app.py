@@ -230,8 +230,12 @@ def _check_override_key(ov, selected: dict[str, list[str]]) -> None:
     if group not in top:
         fail(f"{key}={value} is not allowed; unknown key; valid: {list(top)}")
     name = field.split(".")[0]
-    options = [o for o in selected.get(group, []) if o in groups.get(group, {})]
-    if field and name not in valid_keys(group, None, CONF_DIR):
+    if not field:
+        return
+    if group not in groups:
+        fail(f"{key}={value} is not allowed; {group} holds a value, not keys")
+    options = [o for o in selected.get(group, []) if o in groups[group]]
+    if name not in valid_keys(group, None, CONF_DIR):
         where = group if len(options) != 1 else f"{group}={options[0]}"
         keys = sorted(
             set().union(*(groups[group][o] for o in options or groups[group]))
@@ -240,7 +244,7 @@ def _check_override_key(ov, selected: dict[str, list[str]]) -> None:
             f"{key}={value} is not allowed; unknown key; valid keys of {where}: {keys}"
         )
     lacking = [o for o in options if name not in groups[group][o]]
-    if field and lacking:
+    if lacking:
         owners = sorted(o for o, keys in groups[group].items() if name in keys)
         fail(
             f"{key}={value} is not allowed; {name} is a key of "

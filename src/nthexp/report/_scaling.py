@@ -178,7 +178,8 @@ def _bound_laws(table: pd.DataFrame, level: float) -> dict | None:
     # not describe this sweep (the report says so).
     means = scaled.groupby(ft["depth"]).mean()
     fitted = slope * means.index.to_numpy(float) + intercept
-    rel = np.abs(fitted - means.to_numpy(float)) / np.abs(means.to_numpy(float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.abs(fitted - means.to_numpy(float)) / np.abs(means.to_numpy(float))
     out["lambda_min_inf_check"] = [
         {"depth": int(d), "measured": float(v), "fitted": float(f), "rel_err": float(e)}
         for d, v, f, e in zip(
