@@ -216,7 +216,7 @@ def _check_override_key(ov, selected: dict[str, list[str]]) -> None:
     of its group (``model.alpha`` with ``model=mlp``), in one line naming the valid
     keys; Hydra's own message runs over several lines and suggests ``+key``. Keys
     added with ``+`` are checked after composition by the schema."""
-    from nthexp.experiment._schema import _conf_keys, valid_keys
+    from nthexp.experiment._schema import _conf_keys
 
     key = ov.key_or_group
     root = key.split(".")[0].split("/")[0]
@@ -229,13 +229,13 @@ def _check_override_key(ov, selected: dict[str, list[str]]) -> None:
     value = ov.input_line.partition("=")[2]
     if group not in top:
         fail(f"{key}={value} is not allowed; unknown key; valid: {list(top)}")
-    name = field.split(".")[0]
     if not field:
         return
     if group not in groups:
         fail(f"{key}={value} is not allowed; {group} holds a value, not keys")
+    name = field.split(".")[0]
     options = [o for o in selected.get(group, []) if o in groups[group]]
-    if name not in valid_keys(group, None, CONF_DIR):
+    if name not in set().union(*groups[group].values()):
         where = group if len(options) != 1 else f"{group}={options[0]}"
         keys = sorted(
             set().union(*(groups[group][o] for o in options or groups[group]))

@@ -167,6 +167,7 @@ def depth_width_markdown(fit: dict | None) -> list[str]:
     if fit is None:
         return []
     lo, hi = fit["interval"]
+    seeds = max(c["seeds"] for c in fit["cells"])
     md = [
         "## NTK diagonal against depth/width",
         "",
@@ -178,9 +179,8 @@ def depth_width_markdown(fit: dict | None) -> list[str]:
         f"R^2 = {fit['r2']:.3g}. For ReLU networks Hanin and Nica (2020) give "
         "`E[K^2] / E[K]^2 ~ exp(5 beta)`, a rate of about 5. With S seeds the "
         "estimate of this heavy-tailed moment is biased low and cannot exceed "
-        f"log S = {math.log(max(c['seeds'] for c in fit['cells'])):.3g} (S = "
-        f"{max(c['seeds'] for c in fit['cells'])}), so large-beta cells saturate and "
-        "b comes out below 5 unless the seeds are many.",
+        f"log S = {math.log(seeds):.3g} (S = {seeds}), so large-beta cells saturate "
+        "and b comes out below 5 unless the seeds are many.",
         "",
         "Columns: `m (over seeds)` is the estimator above; `per-run m over inputs` is "
         "`log( mean_a K(x_a,x_a)^2 / (mean_a K(x_a,x_a))^2 )` over the data set's "
