@@ -213,9 +213,15 @@ def test_bound_laws_check_the_linear_lambda_law(superlinear):
     laws = _scaling._bound_laws(pd.DataFrame(rows), 0.95)
     check = laws["lambda_min_inf_check"]
     weyl = {"runs": len(rows), "violations": 0, "certified": 0, "min_margin": 0.1}
-    md = "\n".join(_scaling.study_markdown({"weyl": weyl, "bound_laws": laws}))
+    budget = {
+        "budget": 10**5, "d_in": 4, "n": 8, "width": 100, "depth": 1, "bound": 0.5,
+        "extrapolated": False,
+    }  # fmt: skip
+    fits = {"weyl": weyl, "bound_laws": laws, "bound_budget": budget}
+    md = "\n".join(_scaling.study_markdown(fits))
     assert "Laws fitted on this sweep" in md
     assert ("does not describe" in md) == superlinear
+    assert ("Budget: for P = 100000" in md) != superlinear  # held back when off
     if not superlinear:
         assert check == []
         assert np.isclose(laws["lambda_min_inf"]["a"], 1.0)

@@ -8,6 +8,7 @@ nthexp -m experiment=quickstart hydra.sweep.dir=multirun/<old>   # resume
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import sys
@@ -228,7 +229,9 @@ def _check_override_key(ov, selected: dict[str, list[str]]) -> None:
     group, _, field = key.partition(".")
     value = ov.input_line.partition("=")[2]
     if group not in top:
-        fail(f"{key}={value} is not allowed; unknown key; valid: {list(top)}")
+        close = difflib.get_close_matches(group, top, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        fail(f"{key}={value} is not allowed; unknown key{hint}; valid: {list(top)}")
     if not field:
         return
     if group not in groups:
@@ -240,8 +243,11 @@ def _check_override_key(ov, selected: dict[str, list[str]]) -> None:
         keys = sorted(
             set().union(*(groups[group][o] for o in options or groups[group]))
         )
+        close = difflib.get_close_matches(name, keys, n=1)
+        hint = f" (did you mean {group}.{close[0]}?)" if close else ""
         fail(
-            f"{key}={value} is not allowed; unknown key; valid keys of {where}: {keys}"
+            f"{key}={value} is not allowed; unknown key{hint}; valid keys of "
+            f"{where}: {keys}"
         )
     lacking = [o for o in options if name not in groups[group][o]]
     if lacking:

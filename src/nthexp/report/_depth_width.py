@@ -177,10 +177,10 @@ def depth_width_markdown(fit: dict | None) -> list[str]:
         f"[{lo:.3g}, {hi:.3g}] at level {fit['level']} (bootstrap over seeds, "
         f"{fit['n_bootstrap']} resamples), intercept {fit['intercept']:.3g}, "
         f"R^2 = {fit['r2']:.3g}. For ReLU networks Hanin and Nica (2020) give "
-        "`E[K^2] / E[K]^2 ~ exp(5 beta)`, a rate of about 5. With S seeds the "
-        "estimate of this heavy-tailed moment is biased low and cannot exceed "
-        f"log S = {math.log(seeds):.3g} (S = {seeds}), so large-beta cells saturate "
-        "and b comes out below 5 unless the seeds are many.",
+        "`E[K^2] / E[K]^2 ~ exp(5 beta)` up to factors that do not grow with depth, "
+        "a rate of about 5. With S seeds the estimate of this heavy-tailed moment is "
+        f"biased low and can never exceed log S = {math.log(seeds):.3g} (S = {seeds}; "
+        f"the largest m here is {max(c['m'] for c in fit['cells']):.3g}).",
         "",
         "Columns: `m (over seeds)` is the estimator above; `per-run m over inputs` is "
         "`log( mean_a K(x_a,x_a)^2 / (mean_a K(x_a,x_a))^2 )` over the data set's "

@@ -530,9 +530,10 @@ def study_markdown(fits: dict) -> list[str]:
                         f"L={c['depth']}: {_f(c['fitted'])} vs {_f(c['measured'])}"
                         for c in off
                     )
-                    + "; the budget answer below rests on it."
+                    + "; the budget answer is held back (`fits.json` key "
+                    "`bound_budget` has the optimum under this law)."
                 )
-            budget = fits.get("bound_budget")
+            budget = None if off else fits.get("bound_budget")
             if budget and "error" not in budget:
                 md.append(
                     f"Budget: for P = {budget['budget']} parameters (the largest "
