@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_dir
 
 import nthexp as nx
 from nthexp.experiment import find_conf_dir, validate
-from nthexp.report._scaling import study_fits
+from nthexp.report._scaling import study_fits, study_markdown
 
 CONF_DIR = find_conf_dir()
 BIN = Path(sys.executable).parent
@@ -144,6 +144,7 @@ def test_tiny_depth_scaling_sweep_reports_trends_and_weyl(tmp_path):
         "**0 violations**",
     ):
         assert section in report, section
+    assert "is checked for" not in report  # one factor: no '-' cells to explain
     assert (sweep_dir / "figures" / "weyl_bound.png").is_file()
     assert (sweep_dir / "figures" / "spectra_by_depth.png").is_file()
 
@@ -158,6 +159,10 @@ def test_tiny_depth_scaling_sweep_reports_trends_and_weyl(tmp_path):
         table=pd.concat([table, wider], ignore_index=True), spectra=lambda _: None
     )
     extra = study_fits(runs, "rel_fro", 0.95)
+    assert extra["scaling_law"]["factors"] == ["width", "depth"]
+    md = "\n".join(study_markdown(extra))
+    # two widths: no curvature check, every `curved` cell is '-' and a line says why
+    assert "No curvature check" in md and "is checked for" not in md
     laws = nx.analysis.BoundLaws.from_dict(extra)
     assert laws.p == pytest.approx(-0.5, abs=1e-6)
     assert laws.a > 0
@@ -232,3 +237,64 @@ def test_bound_laws_check_the_linear_lambda_law(superlinear):
     assert [c["depth"] for c in check][0] == 1
     assert check[0]["fitted"] == pytest.approx(intercept + slope)
     assert check[0]["measured"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("sizes", [(128,), (64, 256)])
+def test_bound_laws_line_has_an_n_term_only_when_n_varies(sizes):
+    """With one data size the factor (N/N_ref)^m is 1 and the laws line leaves it out;
+    with two it is fitted and shown (lambda_min(K_inf) = L (N/64)^-1 here)."""
+    from nthexp.report import _scaling
+
+    rows = [
+        {
+            "model.width": width,
+            "model.depth": depth,
+            "data.n": n,
+            "seed": seed,
+            "inf_lambda_min": depth * sizes[0] / n,
+            "op": 0.1 * depth * width**-0.5 * (1 + 0.01 * seed),
+        }
+        for width in (64, 256)
+        for depth in (1, 2, 4)
+        for n in sizes
+        for seed in (0, 1)
+    ]
+    laws = _scaling._bound_laws(pd.DataFrame(rows), 0.95)
+    weyl = {"runs": len(rows), "violations": 0, "certified": 0, "min_margin": 0.1}
+    md = "\n".join(_scaling.study_markdown({"weyl": weyl, "bound_laws": laws}))
+    line = next(x for x in md.splitlines() if x.startswith("Laws fitted"))
+    if len(sizes) == 1:
+        assert "(N/" not in line
+        assert "(N = 128 throughout)" in line
+    else:
+        assert laws["lambda_min_inf"]["m"] == pytest.approx(-1.0, abs=1e-9)
+        assert line.count("(N/64)^") == 2
+
+
+def test_fitted_law_table_explains_its_dash_cells():
+    """Width and depth both vary and three widths allow the curvature check in width:
+    the depth row's `curved` cell is '-' and the line under the table says why."""
+    import numpy as np
+
+    from nthexp.report import _scaling
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(
+        [
+            {
+                "model.width": w,
+                "model.depth": d,
+                "seed": s,
+                "rel_fro": d**0.5 * w**-0.5 * np.exp(0.05 * rng.standard_normal()),
+            }
+            for w in (64, 128, 256)
+            for d in (1, 2, 4)
+            for s in (0, 1, 2)
+        ]
+    )
+    law = _scaling.scaling_law(table, "rel_fro", 0.95)
+    md = "\n".join(_scaling.study_markdown({"scaling_law": law}))
+    rows = {r.split(" | ")[0]: r for r in md.splitlines() if r.startswith("| ")}
+    assert rows["| depth"].endswith("| - |")
+    assert rows["| width"].endswith(("| yes |", "| no |"))
+    assert "`curved` is checked for width only ('-' for the other factors)." in md

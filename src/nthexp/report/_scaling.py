@@ -398,6 +398,12 @@ def study_markdown(fits: dict) -> list[str]:
                 )
             curv = fit.get("curvature")
             md.append("")
+            if curv and len(law["factors"]) > 1:
+                md.append(
+                    f"`curved` is checked for {curv['variable']} only ('-' for the "
+                    "other factors)."
+                )
+                md.append("")
             if curv:
                 md.append(
                     f"Curvature check (quadratic in log {curv['variable']}): "
@@ -510,13 +516,25 @@ def study_markdown(fits: dict) -> list[str]:
         laws = fits.get("bound_laws")
         if laws is not None:
             lam, op = laws["lambda_min_inf"], laws["op_norm"]
+            n_ranges = (laws.get("ranges") or {}).get("n")
+            n_varies = n_ranges is not None and n_ranges[0] != n_ranges[1]
+
+            def n_term(power):
+                # with one N the factor (N/N_ref)^power is 1 and is left out
+                return f" (N/{_f(laws['n_ref'])})^{_f(power)}" if n_varies else ""
+
             md.append(
                 f"Laws fitted on this sweep (`fits.json` key `bound_laws`; "
                 f"`nthexp-bound --laws fits.json`): lambda_min(K_inf) = "
                 f"({_f(lam['a'])} L {'-' if lam['b'] < 0 else '+'} {_f(abs(lam['b']))})"
-                f" (N/{_f(laws['n_ref'])})^"
-                f"{_f(lam['m'])}, ||dK||_op = {_f(op['c'])} width^{_f(op['p'])} "
-                f"L^{_f(op['q'])} (N/{_f(laws['n_ref'])})^{_f(op['r'])}."
+                f"{n_term(lam['m'])}, ||dK||_op = {_f(op['c'])} width^{_f(op['p'])} "
+                f"L^{_f(op['q'])}{n_term(op['r'])}"
+                + (
+                    f" (N = {_f(n_ranges[0])} throughout)"
+                    if n_ranges is not None and not n_varies
+                    else ""
+                )
+                + "."
             )
             if laws.get("pooled"):
                 md.append(f"Pooled over {laws['pooled']} (the laws do not model it).")
