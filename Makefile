@@ -21,13 +21,14 @@ PYTEST_ARGS ?=
 # Wall-clock limit for one test session (CI gives the whole job 90 minutes).
 TEST_TIMEOUT ?= 75m
 
-.PHONY: help venv .venv run test test-all bench bench-peers docs lint lock slurm-up slurm-down \
+.PHONY: help venv .venv run test test-slow test-all bench bench-peers docs lint lock slurm-up slurm-down \
 	clean distclean
 
 help:
 	@echo "make run        the main job: nthexp -m experiment=quickstart \$$(ARGS)"
 	@echo "                (wandb offline unless WANDB_MODE is set)"
 	@echo "make test       fast tests (not slow, not gpu); PYTEST_ARGS=... to narrow"
+	@echo "make test-slow  the slow tests only (full grids, large Monte Carlo)"
 	@echo "make test-all   all tests, slow ones included"
 	@echo "make bench      benchmarks (python -m benchmarks.run)"
 	@echo "make bench-peers  nthexp vs neural-tangents (builds .venv-peers; not in CI)"
@@ -81,6 +82,9 @@ endef
 
 test: $(STAMP)
 	$(call run_pytest,not slow and not gpu)
+
+test-slow: $(STAMP)
+	$(call run_pytest,slow and not gpu)
 
 test-all: $(STAMP)
 	$(call run_pytest,not gpu)

@@ -26,6 +26,16 @@ def _strict_jax():
         jax.config.update(name, value)
 
 
+@pytest.fixture(autouse=True)
+def _bounded_compiled_code():
+    """A whole session compiles thousands of shapes: drop JAX's caches before the
+    process's memory mappings reach the kernel's limit (a segfault, not an error)."""
+    yield
+    from nthexp._compiled import release_compiled
+
+    release_compiled()
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip slurm/gpu tests where their resources are missing (never when CI=true)."""
     import shutil

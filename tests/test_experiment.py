@@ -299,3 +299,22 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
         assert "Traceback" not in stderr
         found = [p for name in RESULT_FILES for p in out.rglob(name)]
         assert found == [], (args, found)
+
+
+def test_release_compiled_drops_compiled_code():
+    """Past the threshold the caches go and the process's mappings fall; below it they
+    stay (release_compiled guards local multiruns against vm.max_map_count)."""
+    import jax
+    import jax.numpy as jnp
+
+    from nthexp._compiled import mapping_count, release_compiled
+
+    if mapping_count() is None:
+        pytest.skip("no /proc/self/maps (not Linux)")
+    for n in range(1, 41):  # 40 executables of distinct shapes
+        jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((n, 3))).block_until_ready()
+    assert not release_compiled(fraction=1.0)
+    before = mapping_count()[0]
+    assert release_compiled(fraction=0.0)
+    after = mapping_count()[0]
+    assert after < before - 40, (before, after)

@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from nthexp._compiled import release_compiled
 from nthexp.experiment import _progress
 from nthexp.experiment._callback import fail, restore_multirun_yaml
 from nthexp.experiment._conf import GROUPS, find_conf_dir, group_options, sweep_id
@@ -88,6 +89,9 @@ def run_point(cfg: DictConfig) -> dict | None:
         return None
 
     configure_jax(cfg)
+    # A local multirun computes every point in this one process: compiled functions of
+    # earlier shapes are dropped before they exhaust the process's memory mappings.
+    release_compiled()
     started = datetime.now(UTC).isoformat()
     tic = time.perf_counter()
     try:
