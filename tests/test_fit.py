@@ -243,3 +243,63 @@ def test_weyl_table():
     t = analysis.weyl_table(df)
     np.testing.assert_allclose(t.margin, [0.6, 0.1])
     assert list(t.certifies) == [False, True]
+
+
+@pytest.mark.slow
+def test_quickstart_width_interval_is_calibrated(record_property):
+    """The 95% interval of the width exponent, on the quickstart's own data and network
+    (digits N=128, ReLU MLP, widths 64..1024, 5 seeds per sweep), covers -1/2 at about
+    its nominal rate at depths 1, 2 and 4. (At depth 1 the NTK is a mean of `width`
+    i.i.d. terms, so E||K_emp - K_inf||_F^2 falls exactly as 1/width.)
+
+    200 seeds make 40 disjoint 5-seed sweeps. With true coverage 0.95 the count of
+    covering sweeps is below 33 of 40 with probability 7e-4; the pooled 200-seed
+    exponent is within its own interval of -1/2. docs/analysis.md quotes the counts."""
+    import jax
+    from hydra import compose, initialize_config_dir
+
+    import nthexp as nx
+    from nthexp.experiment import find_conf_dir
+    from nthexp.experiment._task import build_model
+
+    n_seeds, block = 200, 5
+    with initialize_config_dir(str(find_conf_dir()), version_base=None):
+        cfg = compose("config", overrides=["experiment=quickstart"])
+    ds = nx.data.load(cfg.data.name, cfg.data.n, d_in=cfg.data.d_in, seed=cfg.data.seed)
+    x = jax.numpy.asarray(ds.x, dtype="float64")
+    # every depth's interval covers -1/2 / and its exponent is in [-0.62, -0.38]
+    all_cover = np.ones(n_seeds // block, dtype=bool)
+    all_accept = all_cover.copy()
+    for depth in (1, 2, 4):
+        rows = []
+        for width in (64, 128, 256, 512, 1024):
+            cfg.model.width, cfg.model.depth = width, depth
+            model = build_model(cfg)
+            k_inf = np.asarray(nx.kernels.infinite_ntk(model, x))
+            ntk = jax.jit(lambda p, model=model: nx.kernels.ntk(model, p, x))
+            for seed in range(n_seeds):
+                params = nx.models.init(model, jax.random.key(seed), x.shape[1])
+                rel = nx.analysis.correction(np.asarray(ntk(params)), k_inf).rel_fro
+                rows.append({"width": width, "seed": seed, "rel_fro": rel})
+        table = pd.DataFrame(rows)
+
+        cover, in_range = [], []
+        for start in range(0, n_seeds, block):
+            part = table[table["seed"].between(start, start + block - 1)]
+            fit = analysis.fit_power_law(part, "rel_fro", ["width"], curvature=False)
+            lo, hi = fit.interval["width"]
+            cover.append(lo <= -0.5 <= hi)
+            in_range.append(-0.62 <= fit.exponents["width"] <= -0.38)
+        all_cover &= cover
+        all_accept &= np.logical_and(cover, in_range)
+        pooled = analysis.fit_power_law(table, "rel_fro", ["width"], curvature=False)
+        lo, hi = pooled.interval["width"]
+        record_property(
+            f"depth_{depth}",
+            f"{sum(cover)}/{len(cover)} sweeps cover -1/2; 200 seeds: "
+            f"{pooled.exponents['width']:.4f} +- {pooled.stderr['width']:.4f}",
+        )
+        assert sum(cover) >= 33, f"depth {depth}: {sum(cover)} of {len(cover)} cover"
+        assert lo <= -0.5 <= hi, (depth, pooled.exponents["width"], lo, hi)
+    record_property("all_three_depths", f"{all_cover.sum()}/{all_cover.size}")
+    record_property("all_three_in_range_too", f"{all_accept.sum()}/{all_accept.size}")
