@@ -262,6 +262,7 @@ def test_bound_laws_line_has_an_n_term_only_when_n_varies(sizes):
     laws = _scaling._bound_laws(pd.DataFrame(rows), 0.95)
     weyl = {"runs": len(rows), "violations": 0, "certified": 0, "min_margin": 0.1}
     md = "\n".join(_scaling.study_markdown({"weyl": weyl, "bound_laws": laws}))
+    assert "smallest margin 0.1 (" in md
     line = next(x for x in md.splitlines() if x.startswith("Laws fitted"))
     if len(sizes) == 1:
         assert "(N/" not in line

@@ -312,6 +312,14 @@ def _range_value(v) -> str:
     return str(int(f)) if f.is_integer() and abs(f) < 1e15 else f"{f:.4g}"
 
 
+#: how the report names each ``stderr_method`` of fit_power_law
+STDERR_WORDS = {
+    "seed_spread": "from the spread of the per-seed fits",
+    "ols": "from the least-squares residuals (one seed)",
+    "bootstrap": "from a bootstrap over seeds",
+}
+
+
 def scaling_rows(fits: dict) -> pd.DataFrame:
     """Fitted-law table: one row per factor of ``fits["scaling_law"]``."""
     law = fits.get("scaling_law")
@@ -380,7 +388,9 @@ def study_markdown(fits: dict) -> list[str]:
                 f"Joint fit of log `{fit['response']}` on log "
                 + ", log ".join(law["factors"])
                 + f" ({fit['n_points']} runs, {fit['n_seeds']} seeds, intervals at "
-                f"level {fit['level']}, {fit['stderr_method']})."
+                f"level {fit['level']} "
+                + STDERR_WORDS.get(fit["stderr_method"], f"({fit['stderr_method']})")
+                + "; one fit, so one R^2)."
             )
             md += [
                 "",
@@ -489,11 +499,12 @@ def study_markdown(fits: dict) -> list[str]:
     if weyl is not None:
         md += ["## Weyl bound", ""]
         md.append(
-            f"Certified bound lambda_min(K_inf) - ||K_emp - K_inf||_op against the "
-            f"observed lambda_min(K_emp) over {weyl['runs']} runs: "
+            f"Weyl's lower bound lambda_min(K_inf) - ||K_emp - K_inf||_op against "
+            f"the observed lambda_min(K_emp) over {weyl['runs']} runs: "
             f"**{weyl['violations']} violations**, "
-            f"{_count(weyl['certified'], 'run')} certified "
-            f"(bound > 0), smallest margin {_f(weyl['min_margin'])} "
+            f"{_count(weyl['certified'], 'run')} certified (bound > 0: "
+            "lambda_min(K_emp) is proven positive), smallest margin "
+            f"{_f(weyl['min_margin'])} "
             f"(`figures/{WEYL_FIGURE}`)."
         )
         if weyl.get("violating_runs"):
@@ -548,8 +559,9 @@ def study_markdown(fits: dict) -> list[str]:
                         f"L={c['depth']}: {_f(c['fitted'])} vs {_f(c['measured'])}"
                         for c in off
                     )
-                    + "; the budget answer is held back (`fits.json` key "
-                    "`bound_budget` has the optimum under this law)."
+                    + "; the budget answer (the width and depth whose bound is "
+                    "largest for the sweep's largest parameter count) is held back "
+                    "(`fits.json` key `bound_budget` has the optimum under this law)."
                 )
             budget = None if off else fits.get("bound_budget")
             if budget and "error" not in budget:
@@ -616,7 +628,7 @@ def weyl_figure(table: pd.DataFrame, out_dir: Path):
     for ax, (depth, g) in zip(list(axes.flat)[:n], groups, strict=True):
         for col, color, label in (
             ("emp_lambda_min", "C0", "observed lambda_min(K_emp)"),
-            ("weyl_bound", "C3", "certified bound"),
+            ("weyl_bound", "C3", "Weyl lower bound"),
         ):
             stats = g.groupby(WIDTH)[col].agg(["mean", "min", "max"]).sort_index()
             x = stats.index.to_numpy(float)
