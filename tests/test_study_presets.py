@@ -299,3 +299,37 @@ def test_fitted_law_table_explains_its_dash_cells():
     assert rows["| depth"].endswith("| - |")
     assert rows["| width"].endswith(("| yes |", "| no |"))
     assert "`curved` is checked for width only ('-' for the other factors)." in md
+
+
+@pytest.mark.parametrize("depths", [(1, 2), (1, 2, 4)])
+def test_spectra_table_says_why_two_depths_have_no_interval(depths):
+    """A line through two per-depth means is exact and has no interval: the report
+    says so under the table (and only then)."""
+    import numpy as np
+
+    from nthexp.report import _scaling
+
+    df = pd.DataFrame(
+        [
+            {
+                "model.depth": d,
+                "model.width": 64,
+                "seed": s,
+                "inf_lambda_min": 0.8 * d,
+                "emp_lambda_min": 0.7 * d + 0.01 * s,
+                "inf_trace": 256.0 * d,
+                "emp_trace": 250.0 * d,
+            }
+            for d in depths
+            for s in range(3)
+        ]
+    )
+    trends = nx.analysis.depth_trends(df).to_dict("records")
+    spectra = {"depth_trends": trends, "outlier_bulk": []}
+    md = "\n".join(_scaling.study_markdown({"spectra": spectra}))
+    assert "| inf | lambda_min |" in md
+    exact = len(depths) == 2
+    assert ("With two depths the line passes through both means" in md) == exact
+    if exact:
+        row = next(r for r in trends if r["quantity"] == "lambda_min")
+        assert row["r2"] == pytest.approx(1.0) and not np.isfinite(row["slope_low"])

@@ -477,6 +477,12 @@ def study_markdown(fits: dict) -> list[str]:
                     f" | {_f(r['intercept'])} | {_f(r['r2'])} | "
                     f"{_range_value(r['depth_min'])}..{_range_value(r['depth_max'])} |"
                 )
+            if any(r.get("n_depths") == 2 for r in trends):
+                md += [
+                    "",
+                    "With two depths the line passes through both means (R^2 = 1) "
+                    "and has no interval ('-'): sweep three or more depths for one.",
+                ]
             md.append("")
         ob = spectra.get("outlier_bulk", [])
         if ob:
